@@ -1,0 +1,133 @@
+"""``folder``: any user dataset laid out as ``images/`` and ``masks/`` with matching file stems.
+
+Layout::
+
+    root/
+      images/<stem>.{png,jpg,jpeg,bmp,tif,tiff}
+      masks/<stem>.png              single-channel (or palette) PNG of class indices
+      splits/{train,val,test}.txt   optional: one stem per line
+
+Without split files the stems are shuffled with ``seed`` and cut by ``split_ratio``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from segbench.data.base import SegmentationDataset, validate_sample
+
+__all__ = ["FolderDataset"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+LAYOUT = (
+    "expected root/images/<stem>.<png|jpg|...>, root/masks/<stem>.png "
+    "and optionally root/splits/{train,val,test}.txt"
+)
+
+
+def _files_by_stem(directory: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(directory.iterdir()) if p.suffix.lower() in extensions}
+
+
+class FolderDataset(SegmentationDataset):
+    """Images and label masks paired by file stem.
+
+    Args:
+        root: dataset directory (see the module docstring for the layout).
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        num_classes: number of classes; mask values must lie in ``[0, num_classes)`` or be
+            ``ignore_index``.
+        ignore_index: label value that is ignored.
+        split_ratio: fractions per split used when ``root/splits/<split>.txt`` is absent.
+        seed: shuffling seed for ratio splits.
+        transform: ``(image, mask) -> (tensor, tensor)``.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        split: str,
+        num_classes: int,
+        ignore_index: int = 255,
+        split_ratio: Mapping[str, float] | None = None,
+        seed: int = 0,
+        transform: Callable | None = None,
+    ) -> None:
+        super().__init__(num_classes, ignore_index, transform)
+        self.root = Path(root).expanduser()
+        self.split = split
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"dataset root {str(self.root)!r} does not exist; {LAYOUT}")
+        for sub in ("images", "masks"):
+            if not (self.root / sub).is_dir():
+                raise FileNotFoundError(
+                    f"dataset root {str(self.root)!r} has no {sub}/ directory; {LAYOUT}"
+                )
+        images = _files_by_stem(self.root / "images", IMAGE_EXTENSIONS)
+        masks = _files_by_stem(self.root / "masks", (".png",))
+        unpaired = sorted(set(images) ^ set(masks))
+        if unpaired:
+            where = [
+                f"{s} (image without mask)" if s in images else f"{s} (mask without image)"
+                for s in unpaired[:5]
+            ]
+            raise ValueError(
+                f"{self.root}: {len(unpaired)} files have no partner, e.g. {', '.join(where)}"
+            )
+        stems = self._split_stems(sorted(images), split_ratio or {}, seed)
+        self.items = [(images[s], masks[s]) for s in stems]
+
+    def _split_stems(self, stems: list[str], ratio: Mapping[str, float], seed: int) -> list[str]:
+        split_file = self.root / "splits" / f"{self.split}.txt"
+        if split_file.is_file():
+            listed = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+            missing = [s for s in listed if s not in set(stems)]
+            if missing:
+                raise ValueError(
+                    f"{split_file}: {len(missing)} listed stems have no image/mask pair, "
+                    f"e.g. {missing[:5]}"
+                )
+            return listed
+        if self.split not in ratio:
+            raise ValueError(
+                f"{self.root}: no splits/{self.split}.txt and no split_ratio for {self.split!r} "
+                f"(split_ratio={dict(ratio)})"
+            )
+        order = np.random.default_rng(seed).permutation(len(stems))
+        names = list(ratio)  # cut the shuffled list in the order the splits are given
+        bounds = np.cumsum([0.0] + [float(ratio[n]) for n in names])
+        if bounds[-1] > 1.0 + 1e-9:
+            raise ValueError(f"split_ratio fractions sum to {bounds[-1]:.3f} > 1: {dict(ratio)}")
+        i = names.index(self.split)
+        lo, hi = (int(round(b * len(stems))) for b in (bounds[i], bounds[i + 1]))
+        return [stems[j] for j in sorted(order[lo:hi])]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _mask(self, path: Path) -> np.ndarray:
+        with Image.open(path) as m:
+            if m.mode not in ("L", "P", "I", "I;16"):
+                raise ValueError(
+                    f"{path}: mask has mode {m.mode}; expected a single-channel or palette PNG "
+                    "of class indices"
+                )
+            return np.array(m)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        image_path, mask_path = self.items[index]
+        with Image.open(image_path) as im:
+            image = np.array(im.convert("RGB"))
+        return image, self._mask(mask_path), str(mask_path)
+
+    def check(self, index: int) -> None:
+        image_path, mask_path = self.items[index]
+        with Image.open(image_path) as im:  # reads the header only
+            shape = (im.height, im.width, 3)
+        validate_sample(
+            shape, self._mask(mask_path), self.num_classes, self.ignore_index, str(mask_path)
+        )

@@ -1,0 +1,61 @@
+"""Experiment loggers. W&B goes online when an API key is configured and offline otherwise."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+
+from pytorch_lightning.loggers import WandbLogger
+
+__all__ = ["wandb_logger", "wandb_mode"]
+
+
+def _has_wandb_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        hosts = netrc.netrc(path).hosts
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    return any("wandb" in host for host in hosts)
+
+
+def wandb_mode(mode: str = "auto") -> str:
+    """Resolve ``auto`` to ``online`` when a W&B key is present, else ``offline``.
+
+    ``WANDB_MODE`` in the environment wins over the config, as W&B users expect.
+    """
+    mode = os.environ.get("WANDB_MODE", mode)
+    if mode not in ("auto", "online", "offline", "disabled"):
+        raise ValueError(
+            f"logger.wandb.mode must be auto, online, offline or disabled, got {mode!r}"
+        )
+    if mode == "auto":
+        return "online" if _has_wandb_key() else "offline"
+    return mode
+
+
+def wandb_logger(
+    save_dir: str,
+    project: str = "segbench",
+    name: str | None = None,
+    mode: str = "auto",
+    **kwargs,
+) -> WandbLogger:
+    """A Lightning ``WandbLogger`` whose mode is chosen by :func:`wandb_mode`.
+
+    Offline runs are written under ``<save_dir>/wandb``; upload them later with
+    ``wandb sync <save_dir>/wandb/offline-run-*``.
+    """
+    resolved = wandb_mode(mode)
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    return WandbLogger(
+        save_dir=save_dir,
+        project=project,
+        name=name,
+        offline=resolved == "offline",
+        mode=resolved,
+        **kwargs,
+    )

@@ -1,0 +1,111 @@
+"""Confusion-matrix segmentation metrics, following the PASCAL VOC / Cityscapes conventions.
+
+All figures come from one ``num_classes x num_classes`` matrix of pixel counts
+(rows: ground truth, columns: prediction). Pixels labelled ``ignore_index`` are
+left out. The matrix is summed across processes, so one process and N DDP
+ranks give identical numbers on the same images.
+
+A class that appears neither in the ground truth nor in the prediction has an
+undefined IoU/Dice (NaN) and is excluded from the means.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+__all__ = ["ConfusionMatrix", "metrics_from_confusion"]
+
+
+def metrics_from_confusion(confmat: Tensor) -> dict[str, Tensor]:
+    """All summary figures from a confusion matrix (rows = ground truth, cols = prediction).
+
+    Returns a dict of float64 tensors: scalars ``pixel_acc``, ``mean_acc``, ``mIoU``,
+    ``fwIoU``, ``mDice`` and per-class vectors ``iou``, ``dice``, ``acc`` (NaN where undefined).
+    """
+    cm = confmat.to(torch.float64)
+    tp = cm.diag()
+    gt = cm.sum(dim=1)  # pixels of each class in the ground truth
+    pred = cm.sum(dim=0)  # pixels predicted as each class
+    union = gt + pred - tp
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=cm.device)
+
+    iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
+    dice = torch.where(gt + pred > 0, 2 * tp / (gt + pred).clamp(min=1), nan)
+    acc = torch.where(gt > 0, tp / gt.clamp(min=1), nan)  # recall; undefined without ground truth
+
+    total = cm.sum()
+    freq = gt / total.clamp(min=1)
+    valid = ~torch.isnan(iou)
+    return {
+        "pixel_acc": tp.sum() / total if total > 0 else nan,
+        "mean_acc": acc.nanmean(),
+        "mIoU": iou.nanmean(),
+        "fwIoU": (freq[valid] * iou[valid]).sum() if total > 0 else nan,
+        "mDice": dice.nanmean(),
+        "iou": iou,
+        "dice": dice,
+        "acc": acc,
+    }
+
+
+class ConfusionMatrix(Metric):
+    """Accumulates a confusion matrix over batches and reports the standard segmentation figures.
+
+    Args:
+        num_classes: number of real classes; labels must lie in ``[0, num_classes)``.
+        ignore_index: label value excluded from every figure (VOC: 255, CamVid: 11).
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = True
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.add_state(
+            "confmat",
+            default=torch.zeros(num_classes, num_classes, dtype=torch.long),
+            dist_reduce_fx="sum",
+        )
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Add a batch.
+
+        Args:
+            preds: class indices ``(B, H, W)`` or logits/probabilities ``(B, C, H, W)``.
+            target: ground-truth labels ``(B, H, W)``.
+        """
+        if preds.dim() == target.dim() + 1:
+            preds = preds.argmax(dim=1)
+        if preds.shape != target.shape:
+            raise ValueError(
+                f"prediction shape {tuple(preds.shape)} does not match target {tuple(target.shape)}"
+            )
+        target = target.long()
+        keep = target != self.ignore_index if self.ignore_index is not None else None
+        if keep is not None:
+            target, preds = target[keep], preds[keep]
+        else:
+            target, preds = target.flatten(), preds.flatten()
+        if target.numel() and (target.min() < 0 or target.max() >= self.num_classes):
+            bad = target[(target < 0) | (target >= self.num_classes)].unique()[:10].tolist()
+            raise ValueError(
+                f"label values {bad} lie outside [0, {self.num_classes}) and are not the "
+                f"ignore index ({self.ignore_index})"
+            )
+        preds = preds.long()
+        if preds.numel() and (preds.min() < 0 or preds.max() >= self.num_classes):
+            bad = preds[(preds < 0) | (preds >= self.num_classes)].unique()[:10].tolist()
+            raise ValueError(f"predicted class indices {bad} lie outside [0, {self.num_classes})")
+        n = self.num_classes
+        counts = torch.bincount(target * n + preds, minlength=n * n)
+        self.confmat += counts.reshape(n, n)
+
+    def compute(self) -> dict[str, Tensor]:
+        return metrics_from_confusion(self.confmat)

@@ -1,0 +1,72 @@
+"""Encoders: a thin adapter over timm's ``features_only`` models.
+
+Decoders never assume a fixed number of levels: they read ``encoder.channels`` and
+``encoder.strides`` (one entry per returned feature map, finest first).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+from torch import Tensor, nn
+
+__all__ = ["TimmEncoder"]
+
+
+class TimmEncoder(nn.Module):
+    """A timm backbone returning a list of feature maps, finest first.
+
+    Args:
+        name: timm model name, e.g. ``resnet18``, ``resnet50`` or a ``test_*`` model.
+        pretrained: load weights. Only allowed together with ``weights`` (a local file),
+            so that nothing is ever downloaded.
+        weights: path to a local state-dict file for the backbone (timm's format).
+        out_indices: which feature levels to return (default: all).
+        output_stride: 32 (plain), 16 or 8 (dilated last stages, as in DeepLab).
+        in_chans: number of input channels.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        pretrained: bool = False,
+        weights: str | None = None,
+        out_indices: list[int] | tuple[int, ...] | None = None,
+        output_stride: int = 32,
+        in_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        if not timm.is_model(name.split(".")[0]):
+            raise ValueError(f"backbone name {name!r} is not a timm model")
+        kwargs: dict = {"features_only": True, "in_chans": in_chans}
+        if out_indices is not None:
+            kwargs["out_indices"] = tuple(out_indices)
+        if output_stride != 32:
+            kwargs["output_stride"] = output_stride
+        if weights is not None:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"backbone weights file {str(path)!r} does not exist; expected a local "
+                    f"state-dict file for timm model {name!r}"
+                )
+            kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+            pretrained = True
+        elif pretrained:
+            raise ValueError(
+                f"backbone {name!r}: pretrained=true needs a local `weights` file; "
+                "segbench never downloads weights (set backbone.weights=/path/to/file.pth)"
+            )
+        self.name = name
+        self.model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        info = self.model.feature_info
+        self.channels: list[int] = list(info.channels())
+        self.strides: list[int] = list(info.reduction())
+        self.output_stride = output_stride
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.model(x)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, channels={self.channels}, strides={self.strides}"

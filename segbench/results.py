@@ -1,0 +1,144 @@
+"""``results.json``: the one file per run that leaderboards are built from (schema in README)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+from segbench import __version__
+
+__all__ = ["SCHEMA_VERSION", "RESULTS_FILE", "build_results", "format_table", "write_results"]
+
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def git_state() -> dict:
+    """Commit and dirty flag of the source tree segbench runs from (None outside git)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def build_results(
+    *,
+    kind: str,
+    model: str,
+    backbone: str,
+    dataset: str,
+    split: str,
+    class_names: list[str],
+    ignore_index: int,
+    figures: dict,
+    params: int,
+    seed: int,
+    config: dict,
+    checkpoint: str | None,
+    num_images: int,
+    eval_mode: str = "single-scale",
+    duration_s: float | None = None,
+) -> dict:
+    """Assemble the results record. ``figures`` is ``SegmentationTask.results[split]``."""
+    per_class = lambda key: {  # noqa: E731
+        name: _nan_to_none(v) for name, v in zip(class_names, figures[key])
+    }
+    git = git_state()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "model": model,
+        "backbone": backbone,
+        "dataset": dataset,
+        "split": split,
+        "eval_mode": eval_mode,
+        "classes": list(class_names),
+        "num_classes": len(class_names),
+        "ignore_index": ignore_index,
+        "num_images": num_images,
+        "metrics": {
+            "mIoU": _nan_to_none(figures["mIoU"]),
+            "pixel_acc": _nan_to_none(figures["pixel_acc"]),
+            "mean_acc": _nan_to_none(figures["mean_acc"]),
+            "fwIoU": _nan_to_none(figures["fwIoU"]),
+            "mDice": _nan_to_none(figures["mDice"]),
+            "per_class_iou": per_class("iou"),
+            "per_class_dice": per_class("dice"),
+            "per_class_acc": per_class("acc"),
+        },
+        "confusion_matrix": figures["confusion_matrix"],
+        "params": params,
+        "seed": seed,
+        "created": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "duration_s": None if duration_s is None else round(duration_s, 2),
+        "checkpoint": checkpoint,
+        "segbench_version": __version__,
+        "git_commit": git["commit"],
+        "git_dirty": git["dirty"],
+        "config": config,
+    }
+
+
+def write_results(directory: str | Path, results: dict) -> Path:
+    """Write ``results.json`` in ``directory``; never overwrites an existing file."""
+    path = Path(directory) / RESULTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "x", encoding="utf-8") as f:
+            json.dump(results, f, indent=2, allow_nan=False)
+            f.write("\n")
+    except FileExistsError as err:
+        raise FileExistsError(
+            f"{path} already exists (an earlier run's results); segbench never overwrites it. "
+            "Use a new output directory (hydra.run.dir=...)."
+        ) from err
+    return path
+
+
+def format_table(results: dict) -> str:
+    """A plain-text table of per-class IoU and the summary figures, in percent."""
+    m = results["metrics"]
+    fmt = lambda v: "   -" if v is None else f"{100 * v:6.2f}"  # noqa: E731
+    names = list(m["per_class_iou"])
+    width = max(12, *(len(n) for n in names))
+    title = (
+        f"{results['model']} / {results['backbone']} on {results['dataset']} "
+        f"({results['split']}, {results['num_images']} images, {results['eval_mode']})"
+    )
+    lines = [title, f"{'class':<{width}}  {'IoU %':>6}  {'Dice %':>6}  {'Acc %':>6}"]
+    lines.append("-" * len(lines[-1]))
+    for name in names:
+        lines.append(
+            f"{name:<{width}}  {fmt(m['per_class_iou'][name])}  "
+            f"{fmt(m['per_class_dice'][name])}  {fmt(m['per_class_acc'][name])}"
+        )
+    lines.append("-" * len(lines[1]))
+    for key, label in (
+        ("mIoU", "mIoU"),
+        ("mDice", "mDice"),
+        ("mean_acc", "mean acc"),
+        ("pixel_acc", "pixel acc"),
+        ("fwIoU", "fwIoU"),
+    ):
+        lines.append(f"{label:<{width}}  {fmt(m[key])}")
+    return "\n".join(lines)

@@ -1,0 +1,266 @@
+"""``train(cfg)`` and ``evaluate(cfg)``: the whole pipeline behind ``train.py`` and ``evaluate.py``.
+
+Both take a composed Hydra config and return the ``results.json`` record, so tests call them
+without a shell. All checks that can fail run before any training starts.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_info
+
+from segbench.checkpoint import CheckpointError, load_checkpoint
+from segbench.data.datamodule import SegDataModule
+from segbench.models.base import count_parameters
+from segbench.results import RESULTS_FILE, build_results, format_table, write_results
+from segbench.task import SegmentationTask
+
+__all__ = ["build_model", "evaluate", "train"]
+
+# keys of a model config that describe it rather than go to its constructor
+MODEL_META_KEYS = ("name", "aux_weight")
+
+
+def build_model(model_cfg: DictConfig | dict) -> torch.nn.Module:
+    """Instantiate ``conf/model/*`` (its ``encoder`` is the backbone config)."""
+    if not isinstance(model_cfg, DictConfig):
+        model_cfg = OmegaConf.create(model_cfg)
+    cfg = OmegaConf.to_container(model_cfg, resolve=True)  # resolves against the root config
+    for key in MODEL_META_KEYS:
+        cfg.pop(key, None)
+    return instantiate(cfg)
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    if (output_dir / RESULTS_FILE).exists():
+        raise FileExistsError(
+            f"{output_dir / RESULTS_FILE} already exists: this run directory holds an earlier "
+            "run's results, which segbench never overwrites. Choose another hydra.run.dir."
+        )
+
+
+def _build_datamodule(dataset_cfg: DictConfig, splits: list[str]) -> SegDataModule:
+    dm = instantiate(dataset_cfg)
+    for split in splits:  # open every split now: a missing root or split fails before training
+        dm.dataset(split)
+    return dm
+
+
+def _build_task(cfg: DictConfig, dm: SegDataModule, model: torch.nn.Module) -> SegmentationTask:
+    model_classes = getattr(model, "num_classes", None)
+    if model_classes != dm.num_classes:
+        raise ValueError(
+            f"model.num_classes={model_classes} but dataset {dm.name!r} has "
+            f"{dm.num_classes} classes; leave model.num_classes as ${{dataset.num_classes}}"
+        )
+    loss = instantiate(cfg.loss)
+    if getattr(loss, "num_classes", dm.num_classes) != dm.num_classes:
+        raise ValueError(
+            f"loss.num_classes={loss.num_classes} but dataset {dm.name!r} has {dm.num_classes}"
+        )
+    if getattr(loss, "ignore_index", dm.ignore_index) != dm.ignore_index:
+        raise ValueError(
+            f"loss.ignore_index={loss.ignore_index} but dataset {dm.name!r} ignores "
+            f"{dm.ignore_index}; leave it as ${{dataset.ignore_index}}"
+        )
+    return SegmentationTask(
+        model=model,
+        loss=loss,
+        optimizer=instantiate(cfg.optimizer) if cfg.get("optimizer") else None,
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        num_classes=dm.num_classes,
+        ignore_index=dm.ignore_index,
+        class_names=dm.class_names,
+        aux_weight=float(cfg.model.get("aux_weight", 0.0) or 0.0),
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def _build_trainer(cfg: DictConfig, callbacks: list[pl.Callback]) -> pl.Trainer:
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    return instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=callbacks,
+        default_root_dir=cfg.output_dir,
+    )
+
+
+def _evaluate_split(
+    trainer: pl.Trainer, task: SegmentationTask, dm: SegDataModule, split: str
+) -> dict:
+    dm.eval_split = split
+    task.eval_split = split
+    trainer.test(task, datamodule=dm, verbose=False)
+    return task.results[split]
+
+
+def _finish(
+    cfg: DictConfig,
+    task: SegmentationTask,
+    dm: SegDataModule,
+    trainer: pl.Trainer,
+    *,
+    kind: str,
+    split: str,
+    checkpoint: str | None,
+    config: dict,
+    start: float,
+) -> dict:
+    model_cfg, backbone_cfg = config["model"], config.get("backbone") or {}
+    results = build_results(
+        kind=kind,
+        model=model_cfg.get("name", type(task.model).__name__),
+        backbone=backbone_cfg.get("name", "?"),
+        dataset=dm.name,
+        split=split,
+        class_names=dm.class_names,
+        ignore_index=dm.ignore_index,
+        figures=task.results[split],
+        params=count_parameters(task.model),
+        seed=int(cfg.seed),
+        config=config,
+        checkpoint=checkpoint,
+        num_images=len(dm.dataset(split)),
+        duration_s=time.time() - start,
+    )
+    if trainer.is_global_zero:
+        path = write_results(cfg.output_dir, results)
+        print(f"\n{format_table(results)}\n\nresults written to {path}")
+    return results
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train, evaluate the best checkpoint on the dataset's evaluation split, write results."""
+    start = time.time()
+    output_dir = Path(cfg.output_dir)
+    _check_output_dir(output_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    dm = _build_datamodule(cfg.dataset, ["train", "val", cfg.dataset.eval_split])
+    task = _build_task(cfg, dm, build_model(cfg.model))
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    trainer = _build_trainer(cfg, callbacks)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(config)
+    rank_zero_info(f"run directory: {output_dir.resolve()}")
+
+    trainer.fit(task, datamodule=dm, ckpt_path=cfg.get("resume"))
+
+    ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    best = None
+    if ckpt_cb is not None:
+        best = ckpt_cb.best_model_path or ckpt_cb.last_model_path or None
+    if best:  # evaluate the best weights, loaded the same safe way evaluate.py does
+        task.load_state_dict(load_checkpoint(best)["state_dict"])
+    split = cfg.dataset.eval_split
+    _evaluate_split(trainer, task, dm, split)
+    return _finish(
+        cfg,
+        task,
+        dm,
+        trainer,
+        kind="train",
+        split=split,
+        checkpoint=best,
+        config=config,
+        start=start,
+    )
+
+
+def _merge_eval_config(cfg: DictConfig, trained: DictConfig, ckpt_path: str) -> DictConfig:
+    """The run config of an evaluation: the checkpoint's, with what the user asked checked."""
+    for group in ("model", "backbone"):
+        wanted = cfg.get(group)
+        if wanted is None or trained.get(group) is None:
+            continue
+        have, want = trained[group].get("name"), wanted.get("name")
+        if have != want:
+            raise CheckpointError(
+                f"checkpoint {ckpt_path!r} was trained with {group} {have!r} "
+                f"(model {trained.model.get('name')!r}, backbone {trained.backbone.get('name')!r}) "
+                f"but {group}={want} was requested; drop the {group} override or pick the "
+                "matching checkpoint"
+            )
+    dataset = trained.dataset
+    if cfg.get("dataset") is not None:
+        asked = cfg.dataset
+        if "_target_" in asked and asked.get("name") != dataset.get("name"):
+            dataset = asked  # another dataset: must share the label set (checked below)
+        else:  # tweaks of the trained dataset (debug sizes, batch size, root, ...)
+            dataset = OmegaConf.merge(dataset, asked)
+    merged = OmegaConf.create(
+        {
+            "model": trained.model,
+            "backbone": trained.get("backbone"),
+            "dataset": dataset,
+            "loss": cfg.loss if cfg.get("loss") is not None else trained.loss,
+        }
+    )
+    merged.dataset = OmegaConf.to_container(merged.dataset, resolve=True)
+    if list(merged.dataset.class_names) != list(trained.dataset.class_names):
+        raise CheckpointError(
+            f"checkpoint {ckpt_path!r} predicts the {trained.dataset.num_classes} classes of "
+            f"{trained.dataset.name!r} {list(trained.dataset.class_names)}, but dataset "
+            f"{merged.dataset.name!r} has {list(merged.dataset.class_names)}"
+        )
+    return merged
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Evaluate a checkpoint on a split and write ``results.json``."""
+    start = time.time()
+    output_dir = Path(cfg.output_dir)
+    _check_output_dir(output_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    ckpt_path = str(cfg.ckpt)
+    ckpt = load_checkpoint(ckpt_path)
+    meta = ckpt.get("segbench")
+    if not isinstance(meta, dict) or "config" not in meta:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path!r} has no segbench metadata (it was not written by "
+            "segbench's train.py), so the model it holds is unknown"
+        )
+    trained = OmegaConf.create(meta["config"])
+    run = _merge_eval_config(cfg, trained, ckpt_path)
+    split = cfg.get("split") or run.dataset.eval_split
+
+    dm = _build_datamodule(run.dataset, [split])
+    task_cfg = OmegaConf.merge(run, {"optimizer": None, "scheduler": None})
+    task = _build_task(task_cfg, dm, build_model(run.model))
+    try:
+        task.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path!r} does not fit model {run.model.get('name')!r}: {err}"
+        ) from err
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    trainer = _build_trainer(cfg, callbacks)
+    config = OmegaConf.to_container(
+        OmegaConf.merge(run, {"ckpt": ckpt_path, "split": split, "trainer": cfg.trainer}),
+        resolve=True,
+    )
+    for lg in trainer.loggers:
+        lg.log_hyperparams(config)
+    _evaluate_split(trainer, task, dm, split)
+    return _finish(
+        cfg,
+        task,
+        dm,
+        trainer,
+        kind="evaluate",
+        split=split,
+        checkpoint=ckpt_path,
+        config=config,
+        start=start,
+    )

@@ -1,0 +1,169 @@
+"""The LightningModule: model, loss, metrics per split, optimizer and schedule from config."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from segbench.metrics import ConfusionMatrix
+
+__all__ = ["SegmentationTask"]
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+class SegmentationTask(pl.LightningModule):
+    """Trains and evaluates a segmentation model.
+
+    Logs ``train/loss``, ``val/loss`` and, per split, ``<split>/mIoU``, ``pixel_acc``,
+    ``mean_acc``, ``fwIoU``, ``mDice`` and ``<split>/iou/<class>``. The evaluation split's
+    prefix is ``eval_split`` (``test`` or ``val``), so keys always say which data they
+    describe.
+
+    Args:
+        model: returns ``{"out": logits (B, K, H, W), "aux"?: logits}``.
+        loss: ``(logits, target) -> scalar``; also applied to ``aux`` with ``aux_weight``.
+        optimizer: factory taking the parameters (a ``functools.partial``).
+        scheduler: factory ``(optimizer, total_steps=N)``, stepped every optimizer step,
+            or ``None`` for a constant learning rate.
+        num_classes: number of classes.
+        ignore_index: label excluded from the metrics.
+        class_names: one name per class, used in metric keys.
+        aux_weight: weight of the auxiliary loss (PSPNet: 0.4).
+        run_config: the resolved run configuration (plain containers), stored in checkpoints
+            so that ``evaluate.py`` can rebuild the model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None,
+        num_classes: int,
+        ignore_index: int,
+        class_names: Sequence[str],
+        aux_weight: float = 0.0,
+        run_config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.num_classes = num_classes
+        self.class_names = list(class_names)
+        self.aux_weight = aux_weight
+        self.run_config = run_config or {}
+        self.eval_split = "test"
+        self.metrics = nn.ModuleDict(
+            {name: ConfusionMatrix(num_classes, ignore_index) for name in ("fit", "val", "test")}
+        )
+        # the last figures computed for each prefix, as Python numbers (read by run.py)
+        self.results: dict[str, dict] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, K, H, W)`` at input resolution."""
+        return self.model(x)["out"]
+
+    def _loss(self, out: dict[str, Tensor], target: Tensor) -> Tensor:
+        loss = self.loss(out["out"], target)
+        if "aux" in out and self.aux_weight > 0:
+            loss = loss + self.aux_weight * self.loss(out["aux"], target)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        out = self.model(batch["image"])
+        loss = self._loss(out, batch["mask"])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"train/loss is {loss.item()} at step {self.global_step}; lower the learning "
+                "rate or check the data"
+            )
+        self.log(
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=batch["image"].shape[0],
+        )
+        self.metrics["fit"].update(out["out"].detach(), batch["mask"])
+        return loss
+
+    def _eval_step(self, batch: dict, metric: str, prefix: str) -> None:
+        out = self.model(batch["image"])
+        loss = self._loss(out, batch["mask"])
+        self.log(
+            f"{prefix}/loss",
+            loss,
+            on_epoch=True,
+            sync_dist=True,
+            prog_bar=prefix == "val",
+            batch_size=batch["image"].shape[0],
+        )
+        self.metrics[metric].update(out["out"], batch["mask"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val", "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.eval_split)
+
+    def _log_metrics(self, metric: str, prefix: str) -> None:
+        values = self.metrics[metric].compute()  # summed over all ranks
+        confmat = self.metrics[metric].confmat.clone()
+        self.metrics[metric].reset()
+        summary = {k: float(values[k]) for k in ("mIoU", "pixel_acc", "mean_acc", "fwIoU", "mDice")}
+        per_class = {k: values[k].tolist() for k in ("iou", "dice", "acc")}
+        logged = {f"{prefix}/{k}": v for k, v in summary.items()}
+        logged.update(
+            {
+                f"{prefix}/iou/{name}": v
+                for name, v in zip(self.class_names, per_class["iou"])
+                if not math.isnan(v)
+            }
+        )
+        miou_key = f"{prefix}/mIoU"
+        self.log(miou_key, logged.pop(miou_key), prog_bar=prefix == "val")
+        self.log_dict(logged)
+        self.results[prefix] = {**summary, **per_class, "confusion_matrix": confmat.tolist()}
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("fit", "train")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.metrics["val"].reset()
+            return
+        self._log_metrics("val", "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test", self.eval_split)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        scheduler = self.scheduler_factory(optimizer, total_steps=total)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from segbench import __version__
+
+        checkpoint["segbench"] = {
+            "version": __version__,
+            "config": self.run_config,
+            "class_names": self.class_names,
+            "num_classes": self.num_classes,
+        }

@@ -1,0 +1,83 @@
+"""Shared fixtures: Hydra composition of the real configs, and one small trained checkpoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+@pytest.fixture(autouse=True)
+def _no_network_loggers(monkeypatch, tmp_path):
+    """W&B never reaches the network from tests: no key, so 'auto' resolves to offline."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose ``conf/<name>.yaml`` as Hydra would, with the run directory set to ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=name, overrides=[*overrides, f"output_dir={output_dir}"])
+
+
+def run_cli(script: str, *args: str, cwd: Path, env: dict | None = None, check: bool = True):
+    """Run ``python <script> args...`` the way a user would; returns the CompletedProcess."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+            f"{proc.stderr[-5000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A debug=fast training run made once through the CLI; returns its run directory."""
+    workdir = tmp_path_factory.mktemp("trained")
+    run_dir = workdir / "run"
+    run_cli(
+        "train.py",
+        "debug=fast",
+        "dataset.source.sizes.test=9",
+        f"hydra.run.dir={run_dir}",
+        cwd=workdir,
+    )
+    return run_dir
+
+
+def make_folder_dataset(root: Path, n: int = 6, size: int = 32, num_classes: int = 3) -> Path:
+    """Write a tiny ``folder`` dataset (random images, striped masks) under ``root``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        image = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+        mask = (np.arange(size)[None, :].repeat(size, 0) * num_classes // size).astype(np.uint8)
+        mask[0, :] = 255  # a row of ignore labels
+        Image.fromarray(image).save(root / "images" / f"img{i:02d}.jpg")
+        Image.fromarray(mask).save(root / "masks" / f"img{i:02d}.png")
+    return root

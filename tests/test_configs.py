@@ -1,0 +1,169 @@
+"""Every option of every config group composes and builds; typos fail at once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from segbench.run import build_model
+from tests.conftest import CONF, compose_config, make_folder_dataset
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_groups_exist():
+    for group in (
+        "model",
+        "backbone",
+        "dataset",
+        "loss",
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "logger",
+        "experiment",
+        "debug",
+    ):
+        assert options(group), f"conf/{group}/ is empty"
+
+
+@pytest.mark.parametrize("model", options("model"))
+@pytest.mark.parametrize("backbone", options("backbone"))
+def test_every_model_on_every_backbone(model, backbone, tmp_path):
+    cfg = compose_config("train", [f"model={model}", f"backbone={backbone}"], tmp_path)
+    net = build_model(cfg.model)
+    assert net.num_classes == cfg.dataset.num_classes == 7
+    net.eval()
+    with torch.no_grad():
+        out = net(torch.zeros(1, 3, 65, 97))["out"]
+    assert out.shape == (1, 7, 65, 97)
+
+
+@pytest.mark.parametrize("option", options("dataset"))
+def test_every_dataset_builds(option, tmp_path):
+    overrides = [f"dataset={option}", "backbone=tiny"]
+    if option == "folder":  # the user's own data: root, classes and names are theirs to give
+        root = make_folder_dataset(tmp_path / "data", n=10)
+        overrides += [
+            f"dataset.source.root={root}",
+            "dataset.num_classes=3",
+            "dataset.class_names=[a,b,c]",
+        ]
+    cfg = compose_config("train", overrides, tmp_path / "run")
+    OmegaConf.resolve(cfg)
+    assert cfg.model.num_classes == cfg.dataset.num_classes  # by interpolation
+    dm = instantiate(cfg.dataset)
+    sample = dm.dataset("train")[0]
+    assert sample["image"].dtype == torch.float32 and sample["image"].shape[0] == 3
+    assert sample["mask"].shape == sample["image"].shape[1:]
+    assert len(dm.class_names) == dm.num_classes
+
+
+@pytest.mark.parametrize("loss", options("loss"))
+def test_every_loss_builds(loss, tmp_path):
+    cfg = compose_config("train", [f"loss={loss}"], tmp_path)
+    criterion = instantiate(cfg.loss)
+    assert criterion.ignore_index == cfg.dataset.ignore_index
+    logits = torch.randn(2, 7, 8, 8, requires_grad=True)
+    target = torch.randint(0, 7, (2, 8, 8))
+    criterion(logits, target).backward()
+    assert logits.grad is not None
+
+
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+@pytest.mark.parametrize("scheduler", options("scheduler"))
+def test_every_optimizer_and_scheduler(optimizer, scheduler, tmp_path):
+    cfg = compose_config("train", [f"optimizer={optimizer}", f"scheduler={scheduler}"], tmp_path)
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    opt = instantiate(cfg.optimizer)(params)
+    if cfg.scheduler:
+        sched = instantiate(cfg.scheduler)(opt, total_steps=10)
+        lrs = []
+        for _ in range(10):
+            opt.step()
+            sched.step()
+            lrs.append(opt.param_groups[0]["lr"])
+        assert lrs[-1] < cfg.optimizer.lr  # every schedule decays over the run
+
+
+@pytest.mark.parametrize("trainer", options("trainer"))
+def test_every_trainer_composes(trainer, tmp_path):
+    cfg = compose_config("train", [f"trainer={trainer}"], tmp_path)
+    assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+    if cfg.trainer.accelerator in ("cpu", "auto") and cfg.trainer.devices == 1:
+        t = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+        assert t.max_epochs == cfg.trainer.max_epochs
+
+
+@pytest.mark.parametrize("logger", options("logger"))
+def test_every_logger_builds(logger, tmp_path):
+    cfg = compose_config("train", [f"logger={logger}"], tmp_path)
+    built = [instantiate(c) for c in (cfg.logger or {}).values()]
+    expected = {"default": 2, "csv": 1, "wandb": 1, "none": 0}[logger]
+    assert len(built) == expected
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes(experiment, tmp_path):
+    cfg = compose_config("train", [f"experiment={experiment}"], tmp_path)
+    assert build_model(cfg.model).num_classes == cfg.dataset.num_classes
+
+
+def test_debug_fast(tmp_path):
+    cfg = compose_config("train", ["debug=fast"], tmp_path)
+    assert cfg.backbone.name.startswith("test_") and cfg.dataset.name == "shapes"
+    assert cfg.dataset.source.image_size == 64
+    assert cfg.trainer.accelerator == "cpu"
+
+
+def test_command_line_swaps_every_group(tmp_path):
+    cfg = compose_config(
+        "train",
+        [
+            "model=fcn16s",
+            "backbone=resnet50",
+            "dataset=shapes",
+            "loss=ce",
+            "optimizer=adamw",
+            "scheduler=cosine",
+            "trainer=cpu",
+            "logger=csv",
+            "trainer.max_epochs=3",
+        ],
+        tmp_path,
+    )
+    assert (cfg.model.name, cfg.model.variant, cfg.backbone.name) == ("fcn16s", "16s", "resnet50")
+    assert cfg.optimizer._target_ == "torch.optim.AdamW"
+    assert cfg.trainer.max_epochs == 3 and cfg.trainer.accelerator == "cpu"
+
+
+def test_num_classes_and_ignore_index_come_from_the_dataset(tmp_path):
+    cfg = compose_config("train", ["dataset.num_classes=7", "dataset.ignore_index=254"], tmp_path)
+    assert cfg.model.num_classes == 7
+    assert cfg.loss.num_classes == 7
+    assert cfg.loss.ignore_index == 254
+    assert cfg.dataset.source.ignore_index == 254
+
+
+def test_misspelt_option_lists_the_available_ones(tmp_path):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config("train", ["model=fcn9s"], tmp_path)
+    message = str(err.value) + str(err.value.__cause__)
+    assert "fcn9s" in message and "fcn8s" in message and "fcn32s" in message
+
+
+def test_misspelt_key_fails(tmp_path):
+    with pytest.raises(ConfigCompositionException, match="max_epoch"):
+        compose_config("train", ["trainer.max_epoch=3"], tmp_path)
+
+
+def test_evaluate_config_composes(tmp_path):
+    cfg = compose_config("evaluate", ["ckpt=some.ckpt"], tmp_path)
+    assert cfg.ckpt == "some.ckpt" and cfg.get("model") is None and cfg.get("dataset") is None
+    cfg = compose_config("evaluate", ["ckpt=x", "model=fcn8s", "dataset=shapes"], tmp_path)
+    assert cfg.model.name == "fcn8s"

@@ -1,0 +1,42 @@
+"""DDP with 2 CPU processes (gloo): the same figures as 1 process, and a full training run."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import run_cli
+
+
+def test_two_process_evaluation_equals_one_process(trained_run, tmp_path):
+    """9 test images over 2 ranks (5 + 4, no padding): the summed confusion matrix is exact."""
+    single = json.loads((trained_run / "results.json").read_text())
+    run_cli(
+        "evaluate.py",
+        f"ckpt={single['checkpoint']}",
+        "trainer=ddp_cpu",
+        "logger=csv",
+        f"hydra.run.dir={tmp_path / 'ddp'}",
+        cwd=tmp_path,
+    )
+    ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert ddp["num_images"] == single["num_images"] == 9
+    assert ddp["confusion_matrix"] == single["confusion_matrix"]
+    assert ddp["metrics"] == single["metrics"]
+    assert sum(map(sum, ddp["confusion_matrix"])) > 0
+
+
+def test_two_process_training_writes_one_results_file(tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli(
+        "train.py",
+        "debug=fast",
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["config"]["trainer"]["devices"] == 2
+    assert results["config"]["trainer"]["strategy"] == "ddp"
+    assert 0.0 <= results["metrics"]["mIoU"] <= 1.0
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()

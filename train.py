@@ -1,0 +1,19 @@
+"""Train a segmentation model: ``python train.py model=fcn8s backbone=resnet18 dataset=shapes``.
+
+Composes ``conf/train.yaml`` with Hydra; see README.md for the groups and options.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from segbench.run import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    results = train(cfg)
+    return results["metrics"]["mIoU"]  # the value Hydra sweepers (e.g. Optuna) optimise
+
+
+if __name__ == "__main__":
+    main()
