@@ -108,4 +108,6 @@ class ConfusionMatrix(Metric):
         self.confmat += counts.reshape(n, n)
 
     def compute(self) -> dict[str, Tensor]:
-        return metrics_from_confusion(self.confmat)
+        """The figures of :func:`metrics_from_confusion` plus ``confmat``, the matrix summed
+        over all processes (``self.confmat`` itself holds this process's counts only)."""
+        return {**metrics_from_confusion(self.confmat), "confmat": self.confmat.clone()}

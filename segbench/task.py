@@ -118,7 +118,6 @@ class SegmentationTask(pl.LightningModule):
 
     def _log_metrics(self, metric: str, prefix: str) -> None:
         values = self.metrics[metric].compute()  # summed over all ranks
-        confmat = self.metrics[metric].confmat.clone()
         self.metrics[metric].reset()
         summary = {k: float(values[k]) for k in ("mIoU", "pixel_acc", "mean_acc", "fwIoU", "mDice")}
         per_class = {k: values[k].tolist() for k in ("iou", "dice", "acc")}
@@ -133,7 +132,7 @@ class SegmentationTask(pl.LightningModule):
         miou_key = f"{prefix}/mIoU"
         self.log(miou_key, logged.pop(miou_key), prog_bar=prefix == "val")
         self.log_dict(logged)
-        self.results[prefix] = {**summary, **per_class, "confusion_matrix": confmat.tolist()}
+        self.results[prefix] = {**summary, **per_class, "confusion_matrix": values["confmat"].tolist()}
 
     def on_train_epoch_end(self) -> None:
         self._log_metrics("fit", "train")

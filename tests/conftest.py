@@ -80,4 +80,8 @@ def make_folder_dataset(root: Path, n: int = 6, size: int = 32, num_classes: int
         mask[0, :] = 255  # a row of ignore labels
         Image.fromarray(image).save(root / "images" / f"img{i:02d}.jpg")
         Image.fromarray(mask).save(root / "masks" / f"img{i:02d}.png")
+    # every image in train and val, so that a planted error is met by any split used
+    (root / "splits").mkdir()
+    for split in ("train", "val"):
+        (root / "splits" / f"{split}.txt").write_text("".join(f"img{i:02d}\n" for i in range(n)))
     return root

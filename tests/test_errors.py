@@ -11,6 +11,8 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
+from hydra.errors import InstantiationException
+
 from segbench.checkpoint import CheckpointError, load_checkpoint
 from segbench.run import evaluate, train
 from tests.conftest import compose_config, make_folder_dataset
@@ -53,7 +55,7 @@ def test_label_outside_the_class_range_names_the_file(tmp_path):
     mask[5, 5] = 9
     Image.fromarray(mask).save(bad)
     with pytest.raises(ValueError, match=r"img07\.png.*\[9\].*\[0, 3\)"):
-        train(folder_cfg(tmp_path, root, "dataset.source.split_ratio={train: 1.0, val: 1.0}"))
+        train(folder_cfg(tmp_path, root, "dataset.eval_split=val"))
     assert_not_started(tmp_path)
 
 
@@ -61,7 +63,7 @@ def test_image_mask_size_mismatch_names_the_file(tmp_path):
     root = make_folder_dataset(tmp_path / "data", n=10)
     Image.fromarray(np.zeros((20, 32), np.uint8)).save(root / "masks" / "img03.png")
     with pytest.raises(ValueError, match=r"img03\.png.*32x32.*32x20"):
-        train(folder_cfg(tmp_path, root, "dataset.source.split_ratio={train: 1.0, val: 1.0}"))
+        train(folder_cfg(tmp_path, root, "dataset.eval_split=val"))
     assert_not_started(tmp_path)
 
 
@@ -81,7 +83,7 @@ def test_label_check_also_guards_each_loaded_sample(tmp_path):
         tmp_path,
         root,
         "dataset.check_on_setup=false",
-        "dataset.source.split_ratio={train: 1.0, val: 1.0}",
+        "dataset.eval_split=val",
     )
     ds = instantiate(cfg.dataset).dataset("train")  # opened without scanning
     index = [mask.name for _, mask in ds.items].index("img01.png")
@@ -98,7 +100,7 @@ def test_model_dataset_num_classes_mismatch(tmp_path):
 
 def test_class_names_must_match_num_classes(tmp_path):
     cfg = compose_config("train", ["debug=fast", "dataset.class_names=[a,b]"], tmp_path / "run")
-    with pytest.raises(ValueError, match=r"2 class_names given for num_classes=7"):
+    with pytest.raises(InstantiationException, match=r"2 class_names given for num_classes=7"):
         train(cfg)
 
 
@@ -144,10 +146,11 @@ def test_checkpoint_with_other_classes_is_refused(trained_run, tmp_path):
         )
 
 
-def test_checkpoint_loading_is_weights_only(tmp_path):
-    class Payload:  # an arbitrary pickled object must never be unpickled
-        pass
+class Payload:
+    """An arbitrary object: weights-only loading must never unpickle it."""
 
+
+def test_checkpoint_loading_is_weights_only(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": Payload()}, path)
     with pytest.raises(CheckpointError, match=r"evil\.ckpt.*not tensors or plain containers"):
@@ -161,10 +164,10 @@ def test_checkpoint_loading_is_weights_only(tmp_path):
 
 def test_backbone_weights_must_be_local(tmp_path):
     cfg = compose_config("train", ["debug=fast", "backbone.pretrained=true"], tmp_path / "run")
-    with pytest.raises(ValueError, match="never downloads"):
+    with pytest.raises(InstantiationException, match="never downloads"):
         train(cfg)
     cfg = compose_config(
         "train", ["debug=fast", f"backbone.weights={tmp_path}/w.pth"], tmp_path / "run"
     )
-    with pytest.raises(FileNotFoundError, match=r"w\.pth"):
+    with pytest.raises(InstantiationException, match=r"w\.pth.*does not exist"):
         train(cfg)
