@@ -10,7 +10,8 @@ RUN := $(UV) run --frozen
 .PHONY: setup train test test-all lint format clean
 
 $(UV):
-	$(PYTHON) -m pip install --user --quiet uv
+	$(PYTHON) -m pip install --user --quiet uv || \
+		$(PYTHON) -m pip install --user --quiet --break-system-packages uv
 
 setup: $(UV)
 	$(UV) sync --frozen

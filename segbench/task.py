@@ -132,7 +132,11 @@ class SegmentationTask(pl.LightningModule):
         miou_key = f"{prefix}/mIoU"
         self.log(miou_key, logged.pop(miou_key), prog_bar=prefix == "val")
         self.log_dict(logged)
-        self.results[prefix] = {**summary, **per_class, "confusion_matrix": values["confmat"].tolist()}
+        self.results[prefix] = {
+            **summary,
+            **per_class,
+            "confusion_matrix": values["confmat"].tolist(),
+        }
 
     def on_train_epoch_end(self) -> None:
         self._log_metrics("fit", "train")

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from PIL import Image
-
-from hydra.errors import InstantiationException
 
 from segbench.checkpoint import CheckpointError, load_checkpoint
 from segbench.run import evaluate, train
