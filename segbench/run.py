@@ -53,7 +53,9 @@ def _build_datamodule(dataset_cfg: DictConfig, splits: list[str]) -> SegDataModu
     return dm
 
 
-def _build_task(cfg: DictConfig, dm: SegDataModule, model: torch.nn.Module) -> SegmentationTask:
+def _build_task(
+    cfg: DictConfig, dm: SegDataModule, model: torch.nn.Module, run_config: dict | None = None
+) -> SegmentationTask:
     model_classes = getattr(model, "num_classes", None)
     if model_classes != dm.num_classes:
         raise ValueError(
@@ -79,12 +81,14 @@ def _build_task(cfg: DictConfig, dm: SegDataModule, model: torch.nn.Module) -> S
         ignore_index=dm.ignore_index,
         class_names=dm.class_names,
         aux_weight=float(cfg.model.get("aux_weight", 0.0) or 0.0),
-        run_config=OmegaConf.to_container(cfg, resolve=True),
+        run_config=run_config,
     )
 
 
-def _build_trainer(cfg: DictConfig, callbacks: list[pl.Callback]) -> pl.Trainer:
+def _build_trainer(cfg: DictConfig) -> pl.Trainer:
+    """The Trainer of ``cfg.trainer`` with the loggers of ``cfg.logger`` and ``cfg.callbacks``."""
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     return instantiate(
         cfg.trainer,
         logger=loggers or False,
@@ -99,7 +103,7 @@ def _evaluate_split(
     dm.eval_split = split
     task.eval_split = split
     trainer.test(task, datamodule=dm, verbose=False)
-    return task.results[split]
+    return task.results[split]  # figures summed over all ranks
 
 
 def _finish(
@@ -110,6 +114,7 @@ def _finish(
     *,
     kind: str,
     split: str,
+    figures: dict,
     checkpoint: str | None,
     config: dict,
     start: float,
@@ -123,7 +128,7 @@ def _finish(
         split=split,
         class_names=dm.class_names,
         ignore_index=dm.ignore_index,
-        figures=task.results[split],
+        figures=figures,
         params=count_parameters(task.model),
         seed=int(cfg.seed),
         config=config,
@@ -144,11 +149,10 @@ def train(cfg: DictConfig) -> dict:
     _check_output_dir(output_dir)
     pl.seed_everything(cfg.seed, workers=True)
 
-    dm = _build_datamodule(cfg.dataset, ["train", "val", cfg.dataset.eval_split])
-    task = _build_task(cfg, dm, build_model(cfg.model))
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    trainer = _build_trainer(cfg, callbacks)
     config = OmegaConf.to_container(cfg, resolve=True)
+    dm = _build_datamodule(cfg.dataset, ["train", "val", cfg.dataset.eval_split])
+    task = _build_task(cfg, dm, build_model(cfg.model), run_config=config)
+    trainer = _build_trainer(cfg)
     for lg in trainer.loggers:
         lg.log_hyperparams(config)
     rank_zero_info(f"run directory: {output_dir.resolve()}")
@@ -162,7 +166,7 @@ def train(cfg: DictConfig) -> dict:
     if best:  # evaluate the best weights, loaded the same safe way evaluate.py does
         task.load_state_dict(load_checkpoint(best)["state_dict"])
     split = cfg.dataset.eval_split
-    _evaluate_split(trainer, task, dm, split)
+    figures = _evaluate_split(trainer, task, dm, split)
     return _finish(
         cfg,
         task,
@@ -170,6 +174,7 @@ def train(cfg: DictConfig) -> dict:
         trainer,
         kind="train",
         split=split,
+        figures=figures,
         checkpoint=best,
         config=config,
         start=start,
@@ -244,15 +249,14 @@ def evaluate(cfg: DictConfig) -> dict:
             f"checkpoint {ckpt_path!r} does not fit model {run.model.get('name')!r}: {err}"
         ) from err
 
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    trainer = _build_trainer(cfg, callbacks)
+    trainer = _build_trainer(cfg)
     config = OmegaConf.to_container(
         OmegaConf.merge(run, {"ckpt": ckpt_path, "split": split, "trainer": cfg.trainer}),
         resolve=True,
     )
     for lg in trainer.loggers:
         lg.log_hyperparams(config)
-    _evaluate_split(trainer, task, dm, split)
+    figures = _evaluate_split(trainer, task, dm, split)
     return _finish(
         cfg,
         task,
@@ -260,6 +264,7 @@ def evaluate(cfg: DictConfig) -> dict:
         trainer,
         kind="evaluate",
         split=split,
+        figures=figures,
         checkpoint=ckpt_path,
         config=config,
         start=start,

@@ -1,6 +1,6 @@
 """The default recipe learns: FCN-8s on a ResNet-18 from scratch, trained for 800 SGD steps
-(about 1.5 minutes on 2 cores), clearly beats the all-background predictor on shapes and finds
-several shape classes; the full default job (marked slow) reaches about 3x that predictor."""
+(about 1.5 minutes on 2 cores), scores over twice the mIoU of the all-background predictor on
+shapes and finds most shape classes; the full default job (marked slow) reaches about 5x."""
 
 from __future__ import annotations
 
@@ -51,4 +51,4 @@ def test_default_main_job_learns(tmp_path):
     cfg = compose_config("train", ["logger=csv", "trainer.enable_progress_bar=false"], tmp_path)
     res = train(cfg)
     chance = all_background_miou(instantiate(cfg.dataset), "test", 7, 255)
-    assert res["metrics"]["mIoU"] > 2.5 * chance, (res["metrics"]["mIoU"], chance)
+    assert res["metrics"]["mIoU"] > 4 * chance, (res["metrics"]["mIoU"], chance)
