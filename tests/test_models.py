@@ -72,3 +72,16 @@ def test_unknown_variant_and_backbone_are_refused(encoder_factory):
         FCN(encoder_factory(), 3, "4s")
     with pytest.raises(ValueError, match="not a timm model"):
         TimmEncoder("resnet_nope")
+
+
+def test_backbone_weights_load_from_a_local_file(tmp_path):
+    import timm
+
+    source = timm.create_model("test_resnet")
+    first = next(source.parameters())
+    torch.nn.init.constant_(first, 0.125)
+    path = tmp_path / "test_resnet.pth"
+    torch.save(source.state_dict(), path)
+    enc = TimmEncoder("test_resnet", weights=str(path))
+    assert torch.all(next(enc.model.parameters()) == 0.125)
+    assert not torch.all(next(TimmEncoder("test_resnet").model.parameters()) == 0.125)

@@ -171,3 +171,22 @@ def test_wandb_offline_run_has_config_curves_table_and_masks(tmp_path):
     data = history.read_bytes()
     for needle in (b"test_resnet", b"ignore_index", b"val/mIoU", b"train/loss_step"):
         assert needle in data, needle
+
+
+def test_multirun_sweep_writes_one_results_file_per_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli(
+        "train.py",
+        "-m",
+        "model=fcn32s,fcn8s",
+        "debug=fast",
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    found = sorted(sweep.glob("*/results.json"))
+    assert [json.loads(p.read_text())["model"] for p in found] == ["fcn32s", "fcn8s"]
+    assert [p.parent.name for p in found] == [
+        "0_fcn32s_test_resnet_shapes",
+        "1_fcn8s_test_resnet_shapes",
+    ]
