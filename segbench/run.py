@@ -97,16 +97,7 @@ def _build_trainer(cfg: DictConfig) -> pl.Trainer:
     )
 
 
-def _evaluate_split(
-    trainer: pl.Trainer, task: SegmentationTask, dm: SegDataModule, split: str
-) -> dict:
-    dm.eval_split = split
-    task.eval_split = split
-    trainer.test(task, datamodule=dm, verbose=False)
-    return task.results[split]  # figures summed over all ranks
-
-
-def _finish(
+def _evaluate_and_write(
     cfg: DictConfig,
     task: SegmentationTask,
     dm: SegDataModule,
@@ -114,11 +105,15 @@ def _finish(
     *,
     kind: str,
     split: str,
-    figures: dict,
     checkpoint: str | None,
     config: dict,
     start: float,
 ) -> dict:
+    """Evaluate ``task`` on ``split`` (figures summed over all ranks), write ``results.json``
+    from rank 0 and print the per-class table; returns the results record."""
+    dm.eval_split = split
+    task.eval_split = split
+    trainer.test(task, datamodule=dm, verbose=False)
     model_cfg, backbone_cfg = config["model"], config.get("backbone") or {}
     results = build_results(
         kind=kind,
@@ -128,7 +123,7 @@ def _finish(
         split=split,
         class_names=dm.class_names,
         ignore_index=dm.ignore_index,
-        figures=figures,
+        figures=task.results[split],
         params=count_parameters(task.model),
         seed=int(cfg.seed),
         config=config,
@@ -165,16 +160,13 @@ def train(cfg: DictConfig) -> dict:
         best = ckpt_cb.best_model_path or ckpt_cb.last_model_path or None
     if best:  # evaluate the best weights, loaded the same safe way evaluate.py does
         task.load_state_dict(load_checkpoint(best)["state_dict"])
-    split = cfg.dataset.eval_split
-    figures = _evaluate_split(trainer, task, dm, split)
-    return _finish(
+    return _evaluate_and_write(
         cfg,
         task,
         dm,
         trainer,
         kind="train",
-        split=split,
-        figures=figures,
+        split=cfg.dataset.eval_split,
         checkpoint=best,
         config=config,
         start=start,
@@ -256,15 +248,13 @@ def evaluate(cfg: DictConfig) -> dict:
     )
     for lg in trainer.loggers:
         lg.log_hyperparams(config)
-    figures = _evaluate_split(trainer, task, dm, split)
-    return _finish(
+    return _evaluate_and_write(
         cfg,
         task,
         dm,
         trainer,
         kind="evaluate",
         split=split,
-        figures=figures,
         checkpoint=ckpt_path,
         config=config,
         start=start,
