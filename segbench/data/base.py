@@ -35,7 +35,11 @@ def validate_sample(
             f"{source}: image size {image_shape[1]}x{image_shape[0]} does not match "
             f"mask size {mask.shape[1]}x{mask.shape[0]} (W x H)"
         )
-    values = np.unique(mask)
+    # runs for every loaded sample: a histogram is O(n) for 8-bit masks, unique() sorts
+    if mask.dtype == np.uint8:
+        values = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
+    else:
+        values = np.unique(mask)
     bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_index)]
     if bad.size:
         raise ValueError(
