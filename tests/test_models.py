@@ -85,3 +85,27 @@ def test_backbone_weights_load_from_a_local_file(tmp_path):
     enc = TimmEncoder("test_resnet", weights=str(path))
     assert torch.all(next(enc.model.parameters()) == 0.125)
     assert not torch.all(next(TimmEncoder("test_resnet").model.parameters()) == 0.125)
+
+
+def test_auxiliary_head_output_and_weighted_loss(encoder_factory):
+    """``aux`` appears in training only, and the task adds it with ``aux_weight``."""
+    from segbench.losses import CrossEntropyLoss
+    from segbench.models.base import SegmentationModel
+    from segbench.task import SegmentationTask
+
+    enc = encoder_factory()
+    model = SegmentationModel(
+        enc,
+        decoder=lambda feats: feats[-1],
+        head=torch.nn.Conv2d(enc.channels[-1], 3, 1),
+        num_classes=3,
+        aux_head=torch.nn.Conv2d(enc.channels[-2], 3, 1),
+    )
+    x, y = torch.randn(2, 3, 33, 47), torch.randint(0, 3, (2, 33, 47))
+    out = model.train()(x)
+    assert out["out"].shape == out["aux"].shape == (2, 3, 33, 47)
+    assert "aux" not in model.eval()(x)
+    loss = CrossEntropyLoss(3)
+    task = SegmentationTask(model, loss, None, None, 3, 255, ["a", "b", "c"], aux_weight=0.4)
+    expected = loss(out["out"], y) + 0.4 * loss(out["aux"], y)
+    torch.testing.assert_close(task._loss(out, y), expected)

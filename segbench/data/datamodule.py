@@ -153,7 +153,3 @@ class SegDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.eval_split, train=False)
-
-    def loader(self, split: str) -> DataLoader:
-        """An evaluation loader for any split."""
-        return self._loader(split, train=False)
