@@ -170,3 +170,19 @@ def test_backbone_weights_must_be_local(tmp_path):
     )
     with pytest.raises(InstantiationException, match=r"w\.pth.*does not exist"):
         train(cfg)
+
+
+def test_a_scanned_dataset_is_not_checked_again_on_load(tmp_path, monkeypatch):
+    import segbench.data.base as base
+
+    root = make_folder_dataset(tmp_path / "data", n=4)
+    cfg = folder_cfg(tmp_path, root, "dataset.eval_split=val")
+    ds = instantiate(cfg.dataset).dataset("train")  # check_on_setup: scanned when opened
+    assert ds.verified
+    calls = []
+    monkeypatch.setattr(base, "validate_sample", lambda *a: calls.append(a))
+    ds[0]
+    assert calls == []  # the loader's hot path does not repeat the scan
+    ds.verified = False
+    ds[0]
+    assert len(calls) == 1

@@ -53,7 +53,8 @@ class SegmentationDataset(Dataset, ABC):
 
     ``image`` is ``uint8 (H, W, 3)``, ``mask`` an integer ``(H, W)`` label map with values in
     ``[0, num_classes)`` or ``ignore_index``. Every sample is checked before it is used, and a
-    bad one stops the run with an error naming it: nothing is skipped silently.
+    bad one stops the run with an error naming it: nothing is skipped silently. After
+    :meth:`check_all` has passed, loading no longer repeats the check.
 
     Args:
         num_classes: number of classes of the dataset.
@@ -71,6 +72,7 @@ class SegmentationDataset(Dataset, ABC):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.transform = transform
+        self.verified = False  # set by check_all(): every sample has passed validate_sample
 
     @abstractmethod
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -85,10 +87,12 @@ class SegmentationDataset(Dataset, ABC):
         """Validate every sample, with a progress bar; the first bad one raises."""
         for index in tqdm(range(len(self)), desc=desc, leave=False, disable=len(self) < 50):
             self.check(index)
+        self.verified = True
 
     def __getitem__(self, index: int) -> dict:
         image, mask, name = self.load(index)
-        validate_sample(image.shape, mask, self.num_classes, self.ignore_index, name)
+        if not self.verified:  # a full scan already checked it: keep the loader's hot path lean
+            validate_sample(image.shape, mask, self.num_classes, self.ignore_index, name)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         return {"image": image, "mask": mask, "name": name}
