@@ -23,7 +23,7 @@ class TimmEncoder(nn.Module):
             so that nothing is ever downloaded.
         weights: path to a local state-dict file for the backbone (timm's format).
         out_indices: which feature levels to return (default: all).
-        output_stride: 32 (plain), 16 or 8 (dilated last stages, as in DeepLab).
+        output_stride: 32 (plain; also ``None``), 16 or 8 (dilated last stages, as in DeepLab).
         in_chans: number of input channels.
     """
 
@@ -33,7 +33,7 @@ class TimmEncoder(nn.Module):
         pretrained: bool = False,
         weights: str | None = None,
         out_indices: list[int] | tuple[int, ...] | None = None,
-        output_stride: int = 32,
+        output_stride: int | None = 32,
         in_chans: int = 3,
     ) -> None:
         super().__init__()
@@ -42,6 +42,7 @@ class TimmEncoder(nn.Module):
         kwargs: dict = {"features_only": True, "in_chans": in_chans}
         if out_indices is not None:
             kwargs["out_indices"] = tuple(out_indices)
+        output_stride = 32 if output_stride is None else int(output_stride)
         if output_stride != 32:
             kwargs["output_stride"] = output_stride
         if weights is not None:
