@@ -69,5 +69,18 @@ class TimmEncoder(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         return self.model(x)
 
+    def truncate(self, num_levels: int) -> None:
+        """Keep the first ``num_levels`` feature levels; drop the layers after them (a model
+        that reads an early level must not carry parameters that never get a gradient)."""
+        model = self.model  # timm FeatureListNet: an ordered ModuleDict + return_layers
+        keep = {k: v for k, v in model.return_layers.items() if int(v) < num_levels}
+        names = list(model.keys())
+        for name in names[max(names.index(k) for k in keep) + 1 :]:
+            del model[name]
+        model.return_layers = keep
+        self.channels = self.channels[:num_levels]
+        self.strides = self.strides[:num_levels]
+        self.output_stride = self.strides[-1]
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, channels={self.channels}, strides={self.strides}"

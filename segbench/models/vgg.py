@@ -129,10 +129,13 @@ class VGGEncoder(nn.Module):
         if missing or unexpected:
             raise ValueError(
                 f"backbone weights {str(file)!r} do not fit {self.name} "
-                f"(batch_norm={self.batch_norm}): missing {missing[:4]}, unexpected {unexpected[:4]}"
+                f"(batch_norm={self.batch_norm}): missing {missing[:4]}, "
+                f"unexpected {unexpected[:4]}"
             )
 
-    def forward_with_indices(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], list[torch.Size]]:
+    def forward_with_indices(
+        self, x: Tensor
+    ) -> tuple[list[Tensor], list[Tensor], list[torch.Size]]:
         """Pooled features, the max-pooling argmax indices, and each pool's input size."""
         features, indices, sizes = [], [], []
         for layer in self.features:
@@ -147,6 +150,15 @@ class VGGEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return self.forward_with_indices(x)[0]
+
+    def truncate(self, num_levels: int) -> None:
+        """Keep the first ``num_levels`` stages; drop the layers after them."""
+        self.features = self.features[: self._pool_at[num_levels - 1] + 1]
+        self._pool_at = self._pool_at[:num_levels]
+        self.stage_convs = self.stage_convs[:num_levels]
+        self.channels = self.channels[:num_levels]
+        self.strides = self.strides[:num_levels]
+        self.output_stride = self.strides[-1]
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, channels={self.channels}, strides={self.strides}"

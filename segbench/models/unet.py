@@ -1,0 +1,215 @@
+"""U-Net: Convolutional Networks for Biomedical Image Segmentation (Ronneberger et al., 2015).
+
+Published at MICCAI 2015.
+
+A contracting path of two 3×3 convolutions per level and 2×2 max-pooling between levels, and a
+symmetric expanding path: at every level a 2×2 "up-convolution" halves the channels and doubles
+the resolution, the encoder feature of the same level is concatenated (the skip connection) and
+two 3×3 convolutions fuse them. A 1×1 convolution gives the class scores.
+
+``UNetEncoder`` is the paper's contracting path; ``UNet``'s expanding path works on any encoder
+(``model=unet backbone=resnet18``): it reads ``encoder.channels`` and ``encoder.strides`` and
+upsamples by the stride ratio between consecutive levels.
+
+Differences from the paper, both needed by segbench's contract or training defaults:
+- the convolutions are padded ("same"), so each level keeps its input size and the logits come
+  out at the input size; the paper used unpadded convolutions, cropped the skip features and
+  tiled large images with overlap ("overlap-tile");
+- BatchNorm follows every convolution by default; the 2015 paper predates it, and
+  ``batch_norm=False`` gives its exact layers (from scratch at segbench's default SGD lr 0.2 the
+  BN-free network does not train).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segbench.models.base import SegmentationModel
+from segbench.models.blocks import conv_bn_relu
+
+__all__ = ["UNet", "UNetDecoder", "UNetEncoder"]
+
+
+def _double_conv(in_channels: int, out_channels: int, batch_norm: bool) -> nn.Sequential:
+    """Two ``3×3 conv → [BN] → ReLU`` layers, the unit of both paths."""
+    return nn.Sequential(
+        conv_bn_relu(in_channels, out_channels, 3, batch_norm=batch_norm),
+        conv_bn_relu(out_channels, out_channels, 3, batch_norm=batch_norm),
+    )
+
+
+class UNetEncoder(nn.Module):
+    """U-Net's contracting path, returning the feature of every level before its pooling.
+
+    Level ``i`` has stride ``2**i`` (1, 2, 4, 8, 16 for the paper's five levels) and
+    ``widths[i]`` channels.
+
+    Args:
+        name: label of the backbone (``unet``).
+        widths: channels of every level, finest first (the paper: 64, 128, 256, 512, 1024).
+        batch_norm: BatchNorm after every conv; ``False`` gives the paper's exact layers.
+        in_chans: input channels.
+        pretrained: must be ``False``: no pretrained weights exist for this encoder.
+        weights: must be ``None``, for the same reason.
+        output_stride: ``None`` or the natural stride ``2**(len(widths)-1)``; U-Net does not
+            dilate, so a model asking for a smaller output stride is refused.
+    """
+
+    def __init__(
+        self,
+        name: str = "unet",
+        widths: list[int] | tuple[int, ...] = (64, 128, 256, 512, 1024),
+        batch_norm: bool = True,
+        in_chans: int = 3,
+        pretrained: bool = False,
+        weights: str | None = None,
+        output_stride: int | None = None,
+    ) -> None:
+        super().__init__()
+        widths = [int(w) for w in widths]
+        if not widths:
+            raise ValueError(f"backbone {name!r}: `widths` needs at least one level")
+        if pretrained or weights is not None:
+            raise ValueError(
+                f"backbone {name!r}: U-Net's encoder is trained from scratch and has no "
+                "pretrained weights; set backbone.pretrained=false and backbone.weights=null, "
+                "or use a pretrained backbone such as backbone=resnet18 or backbone=vgg16"
+            )
+        natural = 2 ** (len(widths) - 1)
+        if output_stride is not None and int(output_stride) != natural:
+            raise ValueError(
+                f"backbone {name!r}: U-Net's encoder cannot dilate; output_stride must be null "
+                f"or {natural}, got {output_stride}. For a dilated encoder use a timm or VGG "
+                "backbone, e.g. backbone=resnet50"
+            )
+        self.name = name
+        self.batch_norm = batch_norm
+        self.output_stride = natural
+        self.channels: list[int] = list(widths)
+        self.strides: list[int] = [2**i for i in range(len(widths))]
+        self.pool = nn.MaxPool2d(2, 2)
+        self.levels = nn.ModuleList()
+        c_in = in_chans
+        for c_out in widths:
+            self.levels.append(_double_conv(c_in, c_out, batch_norm))
+            c_in = c_out
+
+    def truncate(self, num_levels: int) -> None:
+        """Keep only the first ``num_levels`` levels (a model that reads no deeper ones)."""
+        del self.levels[num_levels:]
+        self.channels = self.channels[:num_levels]
+        self.strides = self.strides[:num_levels]
+        self.output_stride = self.strides[-1]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        features = []
+        for i, level in enumerate(self.levels):
+            if i > 0:
+                x = self.pool(x)  # (B, C, H/2^i, W/2^i), floor for odd sizes
+            x = level(x)  # (B, widths[i], H/2^i, W/2^i)
+            features.append(x)
+        return features
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, channels={self.channels}, strides={self.strides}"
+
+
+def _match(x: Tensor, size: torch.Size) -> Tensor:
+    """Centre-crop (as the paper crops) or zero-pad ``x`` to the spatial ``size``."""
+    dh, dw = size[0] - x.shape[-2], size[1] - x.shape[-1]
+    if dh == 0 and dw == 0:
+        return x
+    # negative padding crops, so one call handles both directions per dimension
+    return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+
+
+class UNetDecoder(nn.Module):
+    """U-Net's expanding path over any encoder's levels.
+
+    Stage ``i`` (coarse to fine) upsamples with a ``r×r`` stride-``r`` transposed conv (``r``
+    the stride ratio to the next finer level, 2 in the paper) that halves the channels,
+    concatenates that level's encoder feature and applies two 3×3 convs.
+
+    Args:
+        in_channels: channels of every encoder level, finest first.
+        strides: stride of every encoder level, finest first.
+        decoder_channels: output width of the stage ending at each skip level, finest first
+            (``len(in_channels) - 1`` entries); default: the skip levels' own widths (the paper).
+        batch_norm: BatchNorm after every 3×3 conv.
+    """
+
+    def __init__(
+        self,
+        in_channels: list[int],
+        strides: list[int],
+        decoder_channels: list[int] | None = None,
+        batch_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        skips = list(in_channels[:-1])
+        widths = list(skips if decoder_channels is None else decoder_channels)
+        if len(widths) != len(skips):
+            raise ValueError(
+                f"U-Net: decoder_channels needs one width per skip level ({len(skips)}, finest "
+                f"first), got {len(widths)}"
+            )
+        self.ups = nn.ModuleList()  # coarse to fine
+        self.blocks = nn.ModuleList()
+        c_in = in_channels[-1]
+        for level in range(len(skips) - 1, -1, -1):
+            ratio = strides[level + 1] // strides[level]
+            c_up = max(c_in // 2, 1)
+            # ratio 1 (a dilated encoder) makes this a 1×1 conv that only halves the channels
+            self.ups.append(nn.ConvTranspose2d(c_in, c_up, ratio, stride=ratio))
+            self.blocks.append(_double_conv(c_up + skips[level], widths[level], batch_norm))
+            c_in = widths[level]
+        self.out_channels = c_in
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        x = features[-1]  # (B, C_N, H/s_N, W/s_N)
+        for i, (up, block) in enumerate(zip(self.ups, self.blocks)):
+            skip = features[-2 - i]  # (B, C_l, H/s_l, W/s_l)
+            x = _match(up(x), skip.shape[-2:])  # (B, C/2, H/s_l, W/s_l)
+            x = block(torch.cat([x, skip], dim=1))  # (B, width_l, H/s_l, W/s_l)
+        return x
+
+
+class UNet(SegmentationModel):
+    """U-Net (Ronneberger et al., 2015): an expanding path with skip concatenation on any encoder.
+
+    With ``backbone=unet`` this is the paper's network (31.0M parameters for 2 classes). An
+    encoder whose finest level has stride > 1 (timm's start at 2) is upsampled to the input
+    size bilinearly by the base class.
+
+    Args:
+        encoder: a feature encoder exposing ``channels`` and ``strides`` (at least two levels).
+        num_classes: number of classes.
+        decoder_channels: widths of the decoder stages, finest first; default the skip widths.
+        batch_norm: BatchNorm after every decoder conv.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int,
+        decoder_channels: list[int] | None = None,
+        batch_norm: bool = True,
+    ) -> None:
+        name = getattr(encoder, "name", type(encoder).__name__)
+        strides = list(encoder.strides)
+        if len(strides) < 2:
+            raise ValueError(
+                f"U-Net needs an encoder with at least two feature levels to have skip "
+                f"connections; backbone {name!r} returns {len(strides)}. Use backbone=unet or "
+                "a multi-level backbone such as resnet18 or vgg16"
+            )
+        if any(b < a or b % a for a, b in zip(strides, strides[1:])):
+            raise ValueError(
+                f"U-Net needs encoder strides that grow by integer factors, finest first; "
+                f"backbone {name!r} has {strides}. Use backbone=unet, resnet18 or vgg16"
+            )
+        decoder = UNetDecoder(encoder.channels, strides, decoder_channels, batch_norm)
+        head = nn.Conv2d(decoder.out_channels, num_classes, 1)
+        super().__init__(encoder, decoder, head, num_classes)

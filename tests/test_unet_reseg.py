@@ -1,0 +1,185 @@
+"""U-Net and ReSeg: shapes at odd sizes, gradients, skip concatenation, ReNet sweep order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from segbench.models.base import count_parameters
+from segbench.models.encoders import TimmEncoder
+from segbench.models.reseg import ReNetLayer, ReSeg
+from segbench.models.unet import UNet, UNetEncoder
+from segbench.models.vgg import VGGEncoder
+from segbench.run import build_model
+from tests.conftest import compose_config
+
+ENCODERS = {
+    "vgg_tiny": lambda: VGGEncoder("tiny", stages=[[8], [16], [32], [32], [32]], batch_norm=True),
+    "test_resnet": lambda: TimmEncoder("test_resnet"),
+    "unet_small": lambda: UNetEncoder(widths=[8, 16, 32]),
+}
+MODELS = {
+    "unet": lambda enc: UNet(enc, 5, decoder_channels=None),
+    "reseg": lambda enc: ReSeg(enc, 5, renet_hidden=[8, 8], upsample_channels=8),
+}
+
+
+def _encoder_grads(model: nn.Module) -> list[torch.Tensor | None]:
+    return [p.grad for p in model.encoder.parameters()]
+
+
+@pytest.mark.parametrize("size", [(65, 97), (64, 64)])
+@pytest.mark.parametrize("encoder", list(ENCODERS))
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_output_size_gradients_and_eval(model_name, encoder, size):
+    torch.manual_seed(0)
+    model = MODELS[model_name](ENCODERS[encoder]())
+    x = torch.randn(2, 3, *size)
+    out = model.train()(x)
+    assert set(out) == {"out"} and out["out"].shape == (2, 5, *size)
+    out["out"].logsumexp(1).mean().backward()
+    grads = _encoder_grads(model)
+    # every encoder parameter is used (ReSeg drops the levels it does not read): DDP-safe
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    with torch.no_grad():
+        model.eval()
+        first, second = model(x)["out"], model(x)["out"]
+    assert first.shape == (2, 5, *size) and torch.isfinite(first).all()
+    torch.testing.assert_close(first, second)  # eval mode is deterministic
+
+
+def test_unet_encoder_levels_and_refusals():
+    enc = UNetEncoder(widths=[4, 4, 4, 4, 4])
+    feats = enc(torch.zeros(1, 3, 64, 96))
+    assert enc.strides == [1, 2, 4, 8, 16]
+    assert [64 // f.shape[-2] for f in feats] == [96 // f.shape[-1] for f in feats] == enc.strides
+    assert [f.shape[1] for f in feats] == enc.channels
+    assert UNetEncoder(widths=[4, 4, 4, 4, 4], output_stride=16).output_stride == 16
+    with pytest.raises(ValueError, match="cannot dilate.*output_stride must be null or 16"):
+        UNetEncoder(widths=[4, 4, 4, 4, 4], output_stride=8)
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        UNetEncoder(widths=[4], pretrained=True)
+    # without BatchNorm the layers are the paper's: conv (with bias) → ReLU
+    plain = UNetEncoder(widths=[4, 8], batch_norm=False)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert all(m.bias is not None for m in plain.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_unet_concatenates_every_skip():
+    torch.manual_seed(0)
+    enc = UNetEncoder(widths=[8, 16, 32, 64])
+    model = UNet(enc, 3, decoder_channels=[6, 10, 12])
+    dec = model.decoder
+    skips = enc.channels[-2::-1]  # coarse to fine: 32, 16, 8
+    assert len(dec.ups) == len(dec.blocks) == 3
+    for up, block, skip, width in zip(dec.ups, dec.blocks, skips, [12, 10, 6]):
+        assert up.kernel_size == up.stride == (2, 2)  # the 2×2 up-convolution
+        assert up.out_channels == up.in_channels // 2  # halves the channels
+        first_conv = block[0][0]
+        assert first_conv.in_channels == up.out_channels + skip
+        assert block[1][0].out_channels == width
+    # the skip really feeds the output: perturbing the finest feature changes the prediction
+    x = torch.randn(1, 3, 33, 47)
+    feats = [f.detach() for f in enc.eval()(x)]
+    model.eval()
+    base = model.head(dec(feats))
+    feats[0] = feats[0] + 1.0
+    assert not torch.allclose(base, model.head(dec(feats)))
+
+
+def test_unet_refuses_single_level_encoder():
+    with pytest.raises(ValueError, match="U-Net needs an encoder with at least two.*'one'"):
+        UNet(UNetEncoder("one", widths=[8]), 3)
+
+
+def test_unet_on_timm_encoder_upsamples_bilinearly():
+    model = UNet(TimmEncoder("test_resnet"), 4)
+    x = torch.randn(1, 3, 65, 97)
+    logits = model.head(model.decoder(model.encoder(x)))
+    assert logits.shape[-2:] == (33, 49)  # stride 2: the base class resizes to the input
+    assert model(x)["out"].shape == (1, 4, 65, 97)
+
+
+def test_renet_vertical_sweep_stays_in_its_column():
+    torch.manual_seed(0)
+    layer = ReNetLayer(3, 4, patch_size=(2, 2)).eval()
+    x = torch.randn(1, 3, 12, 10)
+    y = x.clone()
+    y[0, :, 5, 7] += 3.0  # a pixel in patch row 2, patch column 3
+    with torch.no_grad():
+        vx = layer.sweep_vertical(layer.patches(x))
+        vy = layer.sweep_vertical(layer.patches(y))
+        assert vx.shape == (1, 8, 6, 5)
+        changed = (vx - vy).abs().amax(dim=(0, 1)) > 1e-6  # (H', W')
+        assert changed[:, 3].all()  # the whole column, both directions
+        assert not changed[:, [0, 1, 2, 4]].any()  # no other column
+        full = (layer(x) - layer(y)).abs().amax(dim=(0, 1)) > 1e-6
+    assert full.all()  # the horizontal sweep spreads it over the whole map
+
+
+@pytest.mark.parametrize("rnn", ["gru", "lstm"])
+def test_reseg_rnn_options_and_shapes(rnn):
+    torch.manual_seed(0)
+    layer = ReNetLayer(3, 5, patch_size=(2, 3), rnn=rnn)
+    assert isinstance(layer.vertical, nn.GRU if rnn == "gru" else nn.LSTM)
+    assert layer(torch.randn(2, 3, 7, 8)).shape == (2, 10, 4, 3)  # padded to 8×9, then patched
+    model = ReSeg(ENCODERS["vgg_tiny"](), 3, renet_hidden=[6], patch_sizes=[[2, 2]], rnn=rnn)
+    out = model(torch.randn(2, 3, 65, 97))["out"]
+    assert out.shape == (2, 3, 65, 97)
+    out.mean().backward()
+    assert model.decoder.renets[0].horizontal.weight_ih_l0.grad.abs().sum() > 0
+
+
+def test_reseg_reads_the_stride_4_level_and_drops_deeper_ones():
+    torch.manual_seed(0)
+    enc = ENCODERS["vgg_tiny"]()
+    model = ReSeg(enc, 3, renet_hidden=[4, 4], upsample_channels=[5, 6, 7])
+    assert model.feature_index == 1 and model.encoder_truncated
+    assert enc.strides == [2, 4] and enc.channels == [8, 16]
+    dec = model.decoder
+    assert dec.renets[0].vertical.input_size == 16 * 2 * 2  # flattened 2×2 patches of pool2
+    ups = [m for m in dec.upsample if isinstance(m, nn.ConvTranspose2d)]
+    assert [u.out_channels for u in ups] == [5, 6, 7]  # ×8: stride 4 × patch 2
+    one = {"renet_hidden": [4], "patch_sizes": [[2, 2]]}
+    assert ReSeg(UNetEncoder(widths=[4, 4, 4, 4]), 3, **one).feature_index == 2
+    assert ReSeg(TimmEncoder("test_resnet"), 3, **one).encoder.strides == [2, 4]
+    with pytest.raises(ValueError, match="ReSeg: feature_index 7 is out of range.*'tiny'"):
+        ReSeg(ENCODERS["vgg_tiny"](), 3, feature_index=7)
+    with pytest.raises(ValueError, match="upsample_channels needs 3 widths"):
+        ReSeg(ENCODERS["vgg_tiny"](), 3, upsample_channels=[4, 4])
+    with pytest.raises(ValueError, match="rnn must be one of"):
+        ReNetLayer(3, 4, rnn="rnn")
+
+
+@pytest.mark.parametrize(
+    "overrides, backbone, cls",
+    [
+        (["model=unet", "backbone.widths=[8,16,32,64,128]"], "unet", UNetEncoder),
+        (["model=unet", "backbone=tiny_resnet"], "test_resnet", TimmEncoder),
+        (["model=reseg", "backbone=tiny"], "tiny", VGGEncoder),
+        (["model=unet", "debug=fast"], "tiny", VGGEncoder),
+    ],
+)
+def test_configs_compose_and_build(tmp_path, overrides, backbone, cls):
+    cfg = compose_config("train", overrides, tmp_path)
+    assert cfg.backbone.name == backbone
+    net = build_model(cfg.model)
+    assert isinstance(net, UNet if "model=unet" in overrides else ReSeg)
+    assert isinstance(net.encoder, cls) and net.num_classes == cfg.dataset.num_classes
+    x = torch.randn(2, 3, 64, 64)
+    assert net(x)["out"].shape == (2, cfg.dataset.num_classes, 64, 64)
+
+
+def test_unet_backbone_without_batch_norm_gives_a_plain_decoder(tmp_path):
+    overrides = ["model=unet", "backbone.widths=[4,8]", "backbone.batch_norm=false"]
+    net = build_model(compose_config("train", overrides, tmp_path).model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+
+
+@pytest.mark.slow
+def test_original_unet_has_about_31m_parameters():
+    """The paper's network (no BatchNorm, 2 classes): published ≈31.0M."""
+    count = count_parameters(UNet(UNetEncoder(batch_norm=False), 2, batch_norm=False))
+    assert abs(count - 31.0e6) / 31.0e6 < 0.05
+    assert count == 31_031_810
