@@ -11,21 +11,41 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_info
 
+from segbench.adversarial import AdversarialTask, task_kwargs_from_model_config
 from segbench.checkpoint import CheckpointError, load_checkpoint
+from segbench.complexity import count_flops, segmenter_of
 from segbench.data.datamodule import SegDataModule
 from segbench.models.base import count_parameters
+from segbench.models.ganseg import GANSeg
 from segbench.results import RESULTS_FILE, build_results, format_table, write_results
 from segbench.task import SegmentationTask
 
 __all__ = ["build_model", "evaluate", "train"]
 
-# keys of a model config that describe it rather than go to its constructor
-MODEL_META_KEYS = ("name", "aux_weight")
+# keys of a model config that describe it or configure its training rather than go to its
+# constructor (a GAN-seg config also holds a whole segmenter model config)
+MODEL_META_KEYS = (
+    "name",
+    "aux_weight",
+    "adversarial_weight",
+    "discriminator_optimizer",
+    "d_steps",
+)
+
+
+def _strip_meta(cfg: dict) -> dict:
+    """``cfg`` without meta keys, also in nested model configs (GAN-seg's ``segmenter``)."""
+    out = {k: v for k, v in cfg.items() if k not in MODEL_META_KEYS}
+    for key, value in out.items():
+        if isinstance(value, dict) and "_target_" in value and "num_classes" in value:
+            out[key] = _strip_meta(value)
+    return out
 
 
 def build_model(model_cfg: DictConfig | dict) -> torch.nn.Module:
@@ -33,9 +53,7 @@ def build_model(model_cfg: DictConfig | dict) -> torch.nn.Module:
     if not isinstance(model_cfg, DictConfig):
         model_cfg = OmegaConf.create(model_cfg)
     cfg = OmegaConf.to_container(model_cfg, resolve=True)  # resolves against the root config
-    for key in MODEL_META_KEYS:
-        cfg.pop(key, None)
-    return instantiate(cfg)
+    return instantiate(_strip_meta(cfg))
 
 
 def _check_output_dir(output_dir: Path) -> None:
@@ -72,7 +90,10 @@ def _build_task(
             f"loss.ignore_index={loss.ignore_index} but dataset {dm.name!r} ignores "
             f"{dm.ignore_index}; leave it as ${{dataset.ignore_index}}"
         )
-    return SegmentationTask(
+    task_cls, extra = SegmentationTask, {}
+    if isinstance(model, GANSeg):  # adversarial training: its own step logic, same evaluation
+        task_cls, extra = AdversarialTask, task_kwargs_from_model_config(cfg.model)
+    return task_cls(
         model=model,
         loss=loss,
         optimizer=instantiate(cfg.optimizer) if cfg.get("optimizer") else None,
@@ -82,19 +103,37 @@ def _build_task(
         class_names=dm.class_names,
         aux_weight=float(cfg.model.get("aux_weight", 0.0) or 0.0),
         run_config=run_config,
+        **extra,
     )
 
 
-def _build_trainer(cfg: DictConfig) -> pl.Trainer:
+def _build_trainer(cfg: DictConfig, model: torch.nn.Module | None = None) -> pl.Trainer:
     """The Trainer of ``cfg.trainer`` with the loggers of ``cfg.logger`` and ``cfg.callbacks``."""
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    extra = {}
+    if isinstance(model, GANSeg) and cfg.trainer.get("strategy") == "ddp":
+        # each of the alternating updates leaves the other network's parameters unused
+        extra["strategy"] = "ddp_find_unused_parameters_true"
+        rank_zero_info("GAN-seg under DDP: strategy ddp_find_unused_parameters_true")
     return instantiate(
         cfg.trainer,
+        **extra,
         logger=loggers or False,
         callbacks=callbacks,
         default_root_dir=cfg.output_dir,
     )
+
+
+def _eval_mode(model_cfg: dict) -> str:
+    """How predictions are made, as leaderboards label it: post-processing and sampling."""
+    net = model_cfg.get("segmenter") or model_cfg  # GAN-seg evaluates its segmenter
+    mode = "single-scale"
+    if net.get("crf"):
+        mode += "+CRF"
+    if net.get("mc_samples"):
+        mode += f"+MC-dropout x{net['mc_samples']}"
+    return mode
 
 
 def _evaluate_and_write(
@@ -115,6 +154,8 @@ def _evaluate_and_write(
     task.eval_split = split
     trainer.test(task, datamodule=dm, verbose=False)
     model_cfg, backbone_cfg = config["model"], config.get("backbone") or {}
+    size = list(dm.dataset(split)[0]["image"].shape[-2:])  # FLOPs at the first image's size
+    flops = count_flops(task.model, tuple(size), device=task.device)
     results = build_results(
         kind=kind,
         model=model_cfg.get("name", type(task.model).__name__),
@@ -124,7 +165,10 @@ def _evaluate_and_write(
         class_names=dm.class_names,
         ignore_index=dm.ignore_index,
         figures=task.results[split],
-        params=count_parameters(task.model),
+        params=count_parameters(segmenter_of(task.model)),
+        eval_mode=_eval_mode(model_cfg),
+        gflops=flops / 1e9,
+        flops_input_size=size,
         seed=int(cfg.seed),
         config=config,
         checkpoint=checkpoint,
@@ -147,7 +191,7 @@ def train(cfg: DictConfig) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     dm = _build_datamodule(cfg.dataset, ["train", "val", cfg.dataset.eval_split])
     task = _build_task(cfg, dm, build_model(cfg.model), run_config=config)
-    trainer = _build_trainer(cfg)
+    trainer = _build_trainer(cfg, task.model)
     for lg in trainer.loggers:
         lg.log_hyperparams(config)
     rank_zero_info(f"run directory: {output_dir.resolve()}")
@@ -173,20 +217,44 @@ def train(cfg: DictConfig) -> dict:
     )
 
 
+def _named_on_command_line() -> set[str]:
+    """Config groups the user named on the command line (all groups outside a Hydra app)."""
+    try:
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:
+        return {"model", "backbone", "dataset"}
+    return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+
+
 def _merge_eval_config(cfg: DictConfig, trained: DictConfig, ckpt_path: str) -> DictConfig:
-    """The run config of an evaluation: the checkpoint's, with what the user asked checked."""
+    """The run config of an evaluation: the checkpoint's, with what the user asked checked.
+
+    ``model=`` may name a variant of the trained model's class that only changes evaluation
+    (``deeplabv1_crf`` for a ``deeplabv1`` checkpoint): its settings replace the trained ones,
+    the encoder stays the checkpoint's, and the weights must still load strictly.
+    """
+    model = trained.model
     for group in ("model", "backbone"):
         wanted = cfg.get(group)
+        if group not in _named_on_command_line():
+            continue  # chosen by a model's defaults (its paper's backbone), not by the user
         if wanted is None or trained.get(group) is None:
             continue
         have, want = trained[group].get("name"), wanted.get("name")
-        if have != want:
-            raise CheckpointError(
-                f"checkpoint {ckpt_path!r} was trained with {group} {have!r} "
-                f"(model {trained.model.get('name')!r}, backbone {trained.backbone.get('name')!r}) "
-                f"but {group}={want} was requested; drop the {group} override or pick the "
-                "matching checkpoint"
-            )
+        if have == want:
+            continue
+        if group == "model" and wanted.get("_target_") == trained.model.get("_target_"):
+            variant = OmegaConf.to_container(wanted, resolve=False)
+            for key in ("encoder", "num_classes"):
+                variant.pop(key, None)
+            model = OmegaConf.merge(trained.model, variant)
+            continue
+        raise CheckpointError(
+            f"checkpoint {ckpt_path!r} was trained with {group} {have!r} "
+            f"(model {trained.model.get('name')!r}, backbone {trained.backbone.get('name')!r}) "
+            f"but {group}={want} was requested; drop the {group} override or pick the "
+            "matching checkpoint"
+        )
     dataset = trained.dataset
     if cfg.get("dataset") is not None:
         asked = cfg.dataset
@@ -196,7 +264,7 @@ def _merge_eval_config(cfg: DictConfig, trained: DictConfig, ckpt_path: str) -> 
             dataset = OmegaConf.merge(dataset, asked)
     merged = OmegaConf.create(
         {
-            "model": trained.model,
+            "model": model,
             "backbone": trained.get("backbone"),
             "dataset": dataset,
             "loss": cfg.loss if cfg.get("loss") is not None else trained.loss,
