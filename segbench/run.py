@@ -226,12 +226,32 @@ def _named_on_command_line() -> set[str]:
     return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
 
 
+# model settings that change how a model predicts at evaluation, not its weights
+EVALUATION_ONLY_KEYS = ("crf", "mc_samples")
+
+
+def _is_evaluation_variant(wanted: DictConfig, trained: DictConfig) -> bool:
+    """Whether model config ``wanted`` is ``trained`` with other evaluation-only settings."""
+    if wanted.get("_target_") != trained.get("_target_"):
+        return False
+    for key in set(wanted) | set(trained):
+        if key in ("name", "encoder", "num_classes", *EVALUATION_ONLY_KEYS):
+            continue
+        try:
+            same = OmegaConf.select(wanted, key) == trained.get(key)
+        except Exception:  # an interpolation that needs the training config: not comparable
+            same = False
+        if not same:
+            return False
+    return True
+
+
 def _merge_eval_config(cfg: DictConfig, trained: DictConfig, ckpt_path: str) -> DictConfig:
     """The run config of an evaluation: the checkpoint's, with what the user asked checked.
 
-    ``model=`` may name a variant of the trained model's class that only changes evaluation
-    (``deeplabv1_crf`` for a ``deeplabv1`` checkpoint): its settings replace the trained ones,
-    the encoder stays the checkpoint's, and the weights must still load strictly.
+    ``model=`` may name a variant of the trained model that differs only in evaluation settings
+    (``EVALUATION_ONLY_KEYS``: ``deeplabv1_crf`` for a ``deeplabv1`` checkpoint): those replace
+    the trained ones, the encoder stays the checkpoint's, and the weights load strictly.
     """
     model = trained.model
     for group in ("model", "backbone"):
@@ -243,7 +263,7 @@ def _merge_eval_config(cfg: DictConfig, trained: DictConfig, ckpt_path: str) -> 
         have, want = trained[group].get("name"), wanted.get("name")
         if have == want:
             continue
-        if group == "model" and wanted.get("_target_") == trained.model.get("_target_"):
+        if group == "model" and _is_evaluation_variant(wanted, trained.model):
             variant = OmegaConf.to_container(wanted, resolve=False)
             for key in ("encoder", "num_classes"):
                 variant.pop(key, None)

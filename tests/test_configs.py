@@ -41,7 +41,7 @@ SMALL_BACKBONES = {
 }
 # models that upsample with max-pooling switches, and models that need output stride 8
 NEEDS_SWITCHES = {"segnet", "segnet_basic", "bayesian_segnet", "deconvnet"}
-NEEDS_STRIDE_8 = {"deeplabv1", "pspnet"}
+NEEDS_STRIDE_8 = {"deeplabv1", "deeplabv1_crf", "pspnet"}
 
 
 def refused(model: str, backbone: str) -> bool:

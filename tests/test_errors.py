@@ -116,7 +116,7 @@ def _best(trained_run: Path) -> str:
 def test_checkpoint_of_another_model_is_refused(trained_run, tmp_path):
     with pytest.raises(CheckpointError, match=r"trained with model 'fcn8s'.*model=fcn16s"):
         evaluate(_eval_cfg(tmp_path, _best(trained_run), "model=fcn16s"))
-    with pytest.raises(CheckpointError, match=r"backbone 'test_resnet'.*backbone=resnet18"):
+    with pytest.raises(CheckpointError, match=r"backbone 'tiny'.*backbone=resnet18"):
         evaluate(_eval_cfg(tmp_path, _best(trained_run), "backbone=resnet18"))
 
 

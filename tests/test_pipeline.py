@@ -52,7 +52,7 @@ def test_train_cli_writes_results_and_checkpoints(trained_run):
     assert (res["kind"], res["model"], res["backbone"], res["dataset"], res["split"]) == (
         "train",
         "fcn8s",
-        "test_resnet",
+        "tiny",
         "shapes",
         "test",
     )
@@ -169,7 +169,7 @@ def test_wandb_offline_run_has_config_curves_table_and_masks(tmp_path):
     # the run log that `wandb sync` uploads holds the resolved config and the curves
     (history,) = offline.glob("*.wandb")
     data = history.read_bytes()
-    for needle in (b"test_resnet", b"ignore_index", b"val/mIoU", b"train/loss_step"):
+    for needle in (b"tiny", b"ignore_index", b"val/mIoU", b"train/loss_step"):
         assert needle in data, needle
 
 
@@ -187,6 +187,6 @@ def test_multirun_sweep_writes_one_results_file_per_job(tmp_path):
     found = sorted(sweep.glob("*/results.json"))
     assert [json.loads(p.read_text())["model"] for p in found] == ["fcn32s", "fcn8s"]
     assert [p.parent.name for p in found] == [
-        "0_fcn32s_test_resnet_shapes",
-        "1_fcn8s_test_resnet_shapes",
+        "0_fcn32s_tiny_shapes",
+        "1_fcn8s_tiny_shapes",
     ]
