@@ -8,6 +8,7 @@ from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from segbench.complexity import segmenter_of
 from segbench.run import build_model
 from tests.conftest import CONF, compose_config, make_folder_dataset
 
@@ -67,6 +68,24 @@ def test_every_model_on_every_small_backbone(model, backbone, tmp_path):
     with torch.no_grad():
         out = net(torch.zeros(1, 3, 65, 97))["out"]
     assert out.shape == (1, 7, 65, 97)
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_every_model_config_trains_at_an_odd_size(model, tmp_path):
+    """Forward + backward in training mode at 65x97: logits at input size, and the loss's
+    gradient reaches the encoder."""
+    cfg = compose_config("train", [f"model={model}", "backbone=tiny"], tmp_path)
+    torch.manual_seed(0)
+    net = build_model(cfg.model).train()
+    out = net(torch.randn(2, 3, 65, 97))
+    assert out["out"].shape == (2, 7, 65, 97)
+    if "aux" in out:
+        assert out["aux"].shape == (2, 7, 65, 97)
+    target = torch.randint(0, 7, (2, 65, 97))
+    torch.nn.functional.cross_entropy(out["out"], target).backward()
+    encoder = segmenter_of(net).encoder
+    grads = [p.grad for p in encoder.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
 
 
 @pytest.mark.parametrize("model", options("model"))
