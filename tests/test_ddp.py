@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import run_cli
 
 
@@ -25,10 +27,13 @@ def test_two_process_evaluation_equals_one_process(trained_run, tmp_path):
     assert sum(map(sum, ddp["confusion_matrix"])) > 0
 
 
-def test_two_process_training_writes_one_results_file(tmp_path):
+@pytest.mark.parametrize("model", ["fcn8s", "ganseg"])
+def test_two_process_training_writes_one_results_file(model, tmp_path):
+    """GAN-seg's alternating updates each leave one network unused: DDP must be told."""
     run_dir = tmp_path / "run"
-    run_cli(
+    proc = run_cli(
         "train.py",
+        f"model={model}",
         "debug=fast",
         "trainer=ddp_cpu",
         "trainer.max_epochs=1",
@@ -40,3 +45,5 @@ def test_two_process_training_writes_one_results_file(tmp_path):
     assert results["config"]["trainer"]["strategy"] == "ddp"
     assert 0.0 <= results["metrics"]["mIoU"] <= 1.0
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    switched = "strategy ddp_find_unused_parameters_true" in proc.stdout + proc.stderr
+    assert switched == (model == "ganseg")

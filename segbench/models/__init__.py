@@ -3,5 +3,6 @@ file per architecture family."""
 
 from segbench.models.base import SegmentationModel
 from segbench.models.encoders import TimmEncoder
+from segbench.models.vgg import VGGEncoder
 
-__all__ = ["SegmentationModel", "TimmEncoder"]
+__all__ = ["SegmentationModel", "TimmEncoder", "VGGEncoder"]
