@@ -136,7 +136,14 @@ class ReSegDecoder(nn.Module):
         layers: list[nn.Module] = []
         for i, width in enumerate(upsample_channels):
             k = (2 if i < steps_h else 1, 2 if i < steps_w else 1)
-            layers += [nn.ConvTranspose2d(c, int(width), k, stride=k), nn.ReLU(inplace=True)]
+            up = nn.ConvTranspose2d(c, int(width), k, stride=k)
+            # He initialisation for the ReLU that follows: every output pixel of a stride-k
+            # transposed conv with kernel k sums exactly c inputs, so fan-in is c. With
+            # PyTorch's default init, SGD (lr 0.2) on 8 shapes images stayed at the class
+            # prior for 200 steps (loss 1.27); with this one it reached 0.38
+            nn.init.normal_(up.weight, 0.0, math.sqrt(2.0 / c))
+            nn.init.zeros_(up.bias)
+            layers += [up, nn.ReLU(inplace=True)]
             c = int(width)
         self.upsample = nn.Sequential(*layers)
         self.out_channels = c
