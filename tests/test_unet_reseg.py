@@ -8,7 +8,7 @@ from torch import nn
 
 from segbench.models.base import count_parameters
 from segbench.models.encoders import TimmEncoder
-from segbench.models.reseg import ReNetLayer, ReSeg
+from segbench.models.reseg import ReNetLayer, ReSeg, ReSegDecoder
 from segbench.models.unet import UNet, UNetEncoder
 from segbench.models.vgg import VGGEncoder
 from segbench.run import build_model
@@ -183,3 +183,15 @@ def test_original_unet_has_about_31m_parameters():
     count = count_parameters(UNet(UNetEncoder(batch_norm=False), 2, batch_norm=False))
     assert abs(count - 31.0e6) / 31.0e6 < 0.05
     assert count == 31_031_810
+
+
+def test_reseg_upsampling_keeps_the_signal_scale_at_initialisation():
+    """He-initialised transposed convs: the head sees activations of the input's scale (with
+    PyTorch's default init they shrank stage after stage and SGD stalled at the class prior)."""
+    torch.manual_seed(0)
+    decoder = ReSegDecoder(16, 4, [32, 32], [(2, 2), (1, 1)])
+    assert len(decoder.upsample) == 6  # three x2 stages back from stride 8
+    x = torch.randn(64, 64, 4, 4)  # the last ReNet layer's output: 2 * 32 channels
+    y = decoder.upsample(x)
+    ratio = (y.pow(2).mean() / x.pow(2).mean()).sqrt().item()
+    assert 0.5 < ratio < 2.0, ratio
