@@ -193,6 +193,7 @@ def test_defaults_and_validation():
 def test_fallback_code_paths_match(monkeypatch):
     """Chunked, uncached exact kernel and unpacked lattice keys give the same answers."""
     import segbench.crf as crf_module
+    import segbench.permutohedral as lattice_module
 
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(2, 3, 10, 12, generator=gen)
@@ -200,7 +201,7 @@ def test_fallback_code_paths_match(monkeypatch):
     exact = DenseCRF(**EXACT)(logits, image)
     lattice = DenseCRF(**LATTICE)(logits, image)
     monkeypatch.setattr(crf_module._ExactFilter, "_CACHE_ELEMS", 0)
-    monkeypatch.setattr(crf_module, "_MAX_CODE", 1)  # no int64 packing: row-wise unique
+    monkeypatch.setattr(lattice_module, "_MAX_CODE", 1)  # no int64 packing: row-wise unique
     chunked = DenseCRF(chunk_elems=7 * 120, **EXACT)(logits, image)
     unpacked = DenseCRF(**LATTICE)(logits, image)
     assert torch.allclose(exact, chunked, atol=1e-5)
