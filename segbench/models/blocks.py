@@ -14,14 +14,21 @@ def conv_bn_relu(
     dilation: int = 1,
     batch_norm: bool = True,
     relu: bool = True,
+    padding: int | None = None,
+    transposed: bool = False,
 ) -> nn.Sequential:
-    """``Conv2d → [BatchNorm2d] → [ReLU]`` with "same" padding; the conv has no bias under BN."""
+    """``Conv2d → [BatchNorm2d] → [ReLU]``; the conv has no bias under BN.
+
+    ``padding`` defaults to "same" (``dilation * (kernel_size // 2)``); ``transposed`` uses a
+    stride-1 ``ConvTranspose2d`` instead (DeconvNet's deconvolution layers).
+    """
+    conv = nn.ConvTranspose2d if transposed else nn.Conv2d
     layers: list[nn.Module] = [
-        nn.Conv2d(
+        conv(
             in_channels,
             out_channels,
             kernel_size,
-            padding=dilation * (kernel_size // 2),
+            padding=dilation * (kernel_size // 2) if padding is None else padding,
             dilation=dilation,
             bias=not batch_norm,
         )

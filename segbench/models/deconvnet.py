@@ -12,13 +12,10 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from segbench.models.base import SegmentationModel
+from segbench.models.blocks import conv_bn_relu
 from segbench.models.segnet import UnpoolDecoder, check_pooling_encoder
 
 __all__ = ["DeconvNet"]
-
-
-def _bn_relu(layer: nn.Module, channels: int) -> nn.Sequential:
-    return nn.Sequential(layer, nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
 
 
 class DeconvNet(SegmentationModel):
@@ -54,13 +51,9 @@ class DeconvNet(SegmentationModel):
         self.fc_kernel, self.fc_padding = fc_kernel, fc_padding
         pad = fc_kernel // 2 if fc_padding == "same" else 0
         c5 = encoder.channels[-1]
-        self.fc6 = _bn_relu(
-            nn.Conv2d(c5, fc_channels, fc_kernel, padding=pad, bias=False), fc_channels
-        )
-        self.fc7 = _bn_relu(nn.Conv2d(fc_channels, fc_channels, 1, bias=False), fc_channels)
-        self.deconv_fc6 = _bn_relu(
-            nn.ConvTranspose2d(fc_channels, c5, fc_kernel, padding=pad, bias=False), c5
-        )
+        self.fc6 = conv_bn_relu(c5, fc_channels, fc_kernel, padding=pad)
+        self.fc7 = conv_bn_relu(fc_channels, fc_channels, 1)
+        self.deconv_fc6 = conv_bn_relu(fc_channels, c5, fc_kernel, padding=pad, transposed=True)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         features, indices, sizes = self.encoder.forward_with_indices(x)  # pool1 … poolN

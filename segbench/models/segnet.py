@@ -60,16 +60,6 @@ class MaxUnpool(nn.Module):
         return out.scatter(2, indices.flatten(2), x.flatten(2)).view(b, c, h, w)
 
 
-def _transposed_bn_relu(cin: int, cout: int, k: int, relu: bool) -> nn.Sequential:
-    layers: list[nn.Module] = [
-        nn.ConvTranspose2d(cin, cout, k, padding=k // 2, bias=False),
-        nn.BatchNorm2d(cout),
-    ]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
 class UnpoolDecoder(nn.Module):
     """The mirror of a pooling encoder: per stage, deepest first, unpool then convolve.
 
@@ -102,9 +92,7 @@ class UnpoolDecoder(nn.Module):
             self.stages.append(
                 nn.Sequential(
                     *(
-                        _transposed_bn_relu(a, b, kernel_size, relu)
-                        if transposed
-                        else conv_bn_relu(a, b, kernel_size, relu=relu)
+                        conv_bn_relu(a, b, kernel_size, relu=relu, transposed=transposed)
                         for a, b in zip(widths[:-1], widths[1:])
                     )
                 )
