@@ -16,18 +16,18 @@ optimisation; validation and testing are :class:`SegmentationTask`'s, on the seg
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.strategies import DDPStrategy
 from torch import Tensor, nn
 
-from segbench.task import OptimizerFactory, SchedulerFactory, SegmentationTask
+from segbench.task import OptimizerFactory, SegmentationTask
 
 __all__ = ["AdversarialTask", "task_kwargs_from_model_config"]
 
 DEFAULT_ADVERSARIAL_WEIGHT = 0.1
+_HINT = "lower the learning rate (or the adversarial weight) or check the data"
 
 
 class AdversarialTask(SegmentationTask):
@@ -55,9 +55,9 @@ class AdversarialTask(SegmentationTask):
 
     Args:
         model: a ``GANSeg`` (``segmenter``, ``discriminator``, ``discriminate``).
-        loss, optimizer, scheduler, num_classes, ignore_index, class_names, aux_weight,
-            run_config: as for :class:`SegmentationTask`; ``optimizer`` and ``scheduler``
-            act on the segmentor only.
+        **task_kwargs: ``loss``, ``optimizer``, ``scheduler``, ``num_classes``, ``ignore_index``,
+            ``class_names``, ``aux_weight``, ``run_config`` as for :class:`SegmentationTask`;
+            ``optimizer`` and ``scheduler`` act on the segmentor only.
         adversarial_weight: lambda. The paper chooses it per dataset and adversary; 0.1 is
             segbench's default.
         discriminator_optimizer: factory for the discriminator's optimizer (a
@@ -68,17 +68,11 @@ class AdversarialTask(SegmentationTask):
     def __init__(
         self,
         model: nn.Module,
-        loss: nn.Module,
-        optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None,
-        num_classes: int,
-        ignore_index: int,
-        class_names: Sequence[str],
-        aux_weight: float = 0.0,
-        run_config: dict | None = None,
+        *,
         adversarial_weight: float = DEFAULT_ADVERSARIAL_WEIGHT,
         discriminator_optimizer: OptimizerFactory | None = None,
         d_steps: int = 1,
+        **task_kwargs,
     ) -> None:
         missing = [
             a for a in ("segmenter", "discriminator", "discriminate") if not hasattr(model, a)
@@ -92,19 +86,9 @@ class AdversarialTask(SegmentationTask):
             raise ValueError(f"adversarial_weight must be >= 0, got {adversarial_weight}")
         if d_steps < 1:
             raise ValueError(f"d_steps must be >= 1, got {d_steps}")
-        super().__init__(
-            model=model,
-            loss=loss,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            num_classes=num_classes,
-            ignore_index=ignore_index,
-            class_names=class_names,
-            aux_weight=aux_weight,
-            run_config=run_config,
-        )
+        super().__init__(model=model, **task_kwargs)
         self.automatic_optimization = False
-        self.ignore_index = ignore_index
+        self.ignore_index = task_kwargs["ignore_index"]
         self.adversarial_weight = float(adversarial_weight)
         self.discriminator_optimizer_factory = discriminator_optimizer or functools.partial(
             torch.optim.Adam, lr=1e-4
@@ -125,13 +109,6 @@ class AdversarialTask(SegmentationTask):
                 "GAN-seg under DDP updates the discriminator and the segmentor in separate "
                 "backward passes, each leaving the other network's parameters unused; train "
                 "with trainer.strategy=ddp_find_unused_parameters_true"
-            )
-
-    def _check_finite(self, name: str, value: Tensor) -> None:
-        if not torch.isfinite(value):
-            raise FloatingPointError(
-                f"{name} is {value.item()} at step {self.global_step}; lower the learning "
-                "rate (or the adversarial weight) or check the data"
             )
 
     def _step_discriminator(self, optimizer) -> None:
@@ -159,7 +136,7 @@ class AdversarialTask(SegmentationTask):
                 F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
                 + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
             )
-            self._check_finite("train/loss_d", loss_d)
+            self._check_finite("train/loss_d", loss_d, _HINT)
             opt_d.zero_grad()
             self.manual_backward(loss_d)
             self._step_discriminator(opt_d)
@@ -171,7 +148,7 @@ class AdversarialTask(SegmentationTask):
             d_gen = self.model.discriminate(image, probs)
             loss_adv = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
             loss = loss_seg + lam * loss_adv
-            self._check_finite("train/loss", loss)
+            self._check_finite("train/loss", loss, _HINT)
             opt_g.zero_grad()
             self.manual_backward(loss)
             opt_g.step()

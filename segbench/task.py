@@ -78,14 +78,17 @@ class SegmentationTask(pl.LightningModule):
             loss = loss + self.aux_weight * self.loss(out["aux"], target)
         return loss
 
+    def _check_finite(
+        self, name: str, value: Tensor, hint: str = "lower the learning rate or check the data"
+    ) -> None:
+        """Stop at once on a NaN/inf loss, naming the key and the step."""
+        if not torch.isfinite(value):
+            raise FloatingPointError(f"{name} is {value.item()} at step {self.global_step}; {hint}")
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         out = self.model(batch["image"])
         loss = self._loss(out, batch["mask"])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"train/loss is {loss.item()} at step {self.global_step}; lower the learning "
-                "rate or check the data"
-            )
+        self._check_finite("train/loss", loss)
         self.log(
             "train/loss",
             loss,
