@@ -222,7 +222,7 @@ def _named_on_command_line() -> set[str]:
     try:
         overrides = HydraConfig.get().overrides.task
     except ValueError:
-        return {"model", "backbone", "dataset"}
+        return {"model", "backbone"}
     return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
 
 

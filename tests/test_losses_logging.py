@@ -70,3 +70,25 @@ def test_poly_schedule_follows_the_formula():
         opt.step()
         sched.step()
         assert opt.param_groups[0]["lr"] == pytest.approx(0.2 * (1 - step / 10) ** 0.9)
+
+
+def test_a_non_finite_training_loss_stops_with_the_key_and_step():
+    from segbench.task import SegmentationTask
+
+    class NaNLoss(torch.nn.Module):
+        def forward(self, logits, target):
+            return logits.sum() * float("nan")
+
+    model = torch.nn.Conv2d(3, 2, 1)
+    task = SegmentationTask(
+        model=lambda x: {"out": model(x)},
+        loss=NaNLoss(),
+        optimizer=None,
+        scheduler=None,
+        num_classes=2,
+        ignore_index=255,
+        class_names=["a", "b"],
+    )
+    batch = {"image": torch.zeros(1, 3, 4, 4), "mask": torch.zeros(1, 4, 4, dtype=torch.long)}
+    with pytest.raises(FloatingPointError, match=r"train/loss is nan at step 0; lower the"):
+        task.training_step(batch, 0)
