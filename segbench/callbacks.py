@@ -75,8 +75,7 @@ class WandbMedia(pl.Callback):
         with torch.no_grad():
             preds = pl_module(images.to(pl_module.device)).argmax(1).cpu()
         pl_module.train(was_training)
-        transform = trainer.datamodule.eval_transform
-        rgb = (images.cpu() * transform.std + transform.mean).clamp(0, 255).byte()
+        rgb = trainer.datamodule.eval_transform.denormalize(images)
         labels = {i: name for i, name in enumerate(pl_module.class_names)}
         ignore = trainer.datamodule.ignore_index
         labels[ignore] = "ignore"

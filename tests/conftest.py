@@ -23,6 +23,7 @@ def _no_network_loggers(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("SEGBENCH_CACHE", str(tmp_path / "segbench-cache"))  # never ~/.cache
 
 
 def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, DistributedSampler
 
-from segbench.data.base import SegmentationDataset
-from segbench.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ToTensorNormalize
+from segbench.data.base import DataError, SegmentationDataset, format_problems
+from segbench.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SegTransform, collate
 
 __all__ = ["SegDataModule", "ShardSampler"]
 
@@ -48,7 +49,10 @@ class SegDataModule(pl.LightningDataModule):
         eval_batch_size: evaluation batch size per process.
         num_workers: loader worker processes.
         mean, std: normalisation, in [0, 1] units.
-        hflip: horizontal-flip probability for training.
+        train_transform: augmentation of the training split, the keyword arguments of
+            :class:`~segbench.data.transforms.SegTransform` (scale, crop, hflip, jitter, resize).
+        eval_transform: the same for validation and test; by default nothing (the original
+            resolution).
         pin_memory: pin host memory when training on a GPU.
         check_on_setup: validate every sample of a split (sizes, label values) when it is
             first opened, so that bad data stops the run before training starts.
@@ -69,7 +73,8 @@ class SegDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
-        hflip: float = 0.5,
+        train_transform: Mapping[str, Any] | None = None,
+        eval_transform: Mapping[str, Any] | None = None,
         pin_memory: bool = True,
         check_on_setup: bool = False,
     ) -> None:
@@ -98,8 +103,8 @@ class SegDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.train_transform = ToTensorNormalize(mean, std, hflip=hflip)
-        self.eval_transform = ToTensorNormalize(mean, std)
+        self.train_transform = SegTransform(ignore_index, mean, std, **(train_transform or {}))
+        self.eval_transform = SegTransform(ignore_index, mean, std, **(eval_transform or {}))
         self.pin_memory = pin_memory
         self.check_on_setup = check_on_setup
         self._datasets: dict[str, SegmentationDataset] = {}
@@ -116,6 +121,8 @@ class SegDataModule(pl.LightningDataModule):
                     f"dataset {self.name!r}/{split} has {ds.num_classes} classes, "
                     f"config says num_classes={self.num_classes}"
                 )
+            if ds.layout_problems:  # images without masks and vice versa: never skipped
+                raise DataError(format_problems(ds.describe(), ds.layout_problems))
             if self.check_on_setup:
                 ds.check_all(desc=f"checking {self.name}/{split}")
             self._datasets[split] = ds
@@ -139,6 +146,7 @@ class SegDataModule(pl.LightningDataModule):
             sampler=sampler,
             drop_last=train and len(ds) > self.batch_size,
             num_workers=self.num_workers,
+            collate_fn=collate,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory
             and trainer is not None

@@ -16,9 +16,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from segbench.data.base import SegmentationDataset, validate_sample
+from segbench.data.base import FilePairDataset, unpaired
 
 __all__ = ["FolderDataset"]
 
@@ -33,7 +32,7 @@ def _files_by_stem(directory: Path, extensions: tuple[str, ...]) -> dict[str, Pa
     return {p.stem: p for p in sorted(directory.iterdir()) if p.suffix.lower() in extensions}
 
 
-class FolderDataset(SegmentationDataset):
+class FolderDataset(FilePairDataset):
     """Images and label masks paired by file stem.
 
     Args:
@@ -61,7 +60,9 @@ class FolderDataset(SegmentationDataset):
         self.root = Path(root).expanduser()
         self.split = split
         if not self.root.is_dir():
-            raise FileNotFoundError(f"dataset root {str(self.root)!r} does not exist; {LAYOUT}")
+            raise FileNotFoundError(
+                f"dataset root {str(self.root.absolute())!r} does not exist; {LAYOUT}"
+            )
         for sub in ("images", "masks"):
             if not (self.root / sub).is_dir():
                 raise FileNotFoundError(
@@ -69,29 +70,22 @@ class FolderDataset(SegmentationDataset):
                 )
         images = _files_by_stem(self.root / "images", IMAGE_EXTENSIONS)
         masks = _files_by_stem(self.root / "masks", (".png",))
-        unpaired = sorted(set(images) ^ set(masks))
-        if unpaired:
-            where = [
-                f"{s} (image without mask)" if s in images else f"{s} (mask without image)"
-                for s in unpaired[:5]
-            ]
-            raise ValueError(
-                f"{self.root}: {len(unpaired)} files have no partner, e.g. {', '.join(where)}"
-            )
-        stems = self._split_stems(sorted(images), split_ratio or {}, seed)
+        self.layout_problems = unpaired(images, masks, str(self.root))
+        paired = sorted(set(images) & set(masks))
+        stems = self._split_stems(paired, split_ratio or {}, seed)
         self.items = [(images[s], masks[s]) for s in stems]
 
     def _split_stems(self, stems: list[str], ratio: Mapping[str, float], seed: int) -> list[str]:
         split_file = self.root / "splits" / f"{self.split}.txt"
         if split_file.is_file():
             listed = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
-            missing = [s for s in listed if s not in set(stems)]
-            if missing:
-                raise ValueError(
-                    f"{split_file}: {len(missing)} listed stems have no image/mask pair, "
-                    f"e.g. {missing[:5]}"
-                )
-            return listed
+            have = set(stems)
+            self.layout_problems += [
+                f"{split_file}: {s} is listed but has no image/mask pair"
+                for s in listed
+                if s not in have
+            ]
+            return [s for s in listed if s in have]
         if self.split not in ratio:
             raise ValueError(
                 f"{self.root}: no splits/{self.split}.txt and no split_ratio for {self.split!r} "
@@ -105,29 +99,3 @@ class FolderDataset(SegmentationDataset):
         i = names.index(self.split)
         lo, hi = (int(round(b * len(stems))) for b in (bounds[i], bounds[i + 1]))
         return [stems[j] for j in sorted(order[lo:hi])]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def _mask(self, path: Path) -> np.ndarray:
-        with Image.open(path) as m:
-            if m.mode not in ("L", "P", "I", "I;16"):
-                raise ValueError(
-                    f"{path}: mask has mode {m.mode}; expected a single-channel or palette PNG "
-                    "of class indices"
-                )
-            return np.array(m)
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
-        image_path, mask_path = self.items[index]
-        with Image.open(image_path) as im:
-            image = np.array(im.convert("RGB"))
-        return image, self._mask(mask_path), str(mask_path)
-
-    def check(self, index: int) -> None:
-        image_path, mask_path = self.items[index]
-        with Image.open(image_path) as im:  # reads the header only
-            shape = (im.height, im.width, 3)
-        validate_sample(
-            shape, self._mask(mask_path), self.num_classes, self.ignore_index, str(mask_path)
-        )

@@ -1,13 +1,33 @@
-"""Sample transforms: numpy ``(image, mask)`` in, normalised tensors out."""
+"""Sample transforms: numpy ``(image, mask)`` in, normalised tensors out.
+
+Geometric and photometric augmentation is done by albumentations, configured per dataset in
+``conf/dataset/*.yaml`` (``train_transform`` / ``eval_transform``)::
+
+    train_transform:
+      scale: [0.5, 2.0]     # random rescale factor of the whole image
+      crop: [512, 1024]     # random crop (H, W); smaller images are padded first
+      hflip: 0.5            # horizontal-flip probability
+      jitter: {brightness: 0.25, contrast: 0.25, saturation: 0.25, hue: 0.0, p: 0.5}
+      resize: null          # fixed (H, W) before everything else
+
+Masks are always resized with nearest neighbour (never interpolated) and padded with the
+ignore index, so padding adds nothing to the loss or the metrics.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["ToTensorNormalize"]
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SegTransform", "ToTensorNormalize", "collate"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,3 +58,132 @@ class ToTensorNormalize:
         img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
         img = (img - self.mean) / self.std
         return img, torch.from_numpy(np.ascontiguousarray(mask)).long()
+
+
+def _pair(value: Sequence[int] | int, key: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
+        raise ValueError(f"{key} must be [height, width] in pixels, got {list(value)}")
+    return int(value[0]), int(value[1])
+
+
+class SegTransform:
+    """An albumentations pipeline for an image and its label mask, then normalisation.
+
+    The steps, each off when its argument is ``None`` (or 0): fixed ``resize``, random
+    ``scale``, ``crop`` (padding image with 0 and mask with ``ignore_index`` where the image is
+    smaller), horizontal flip, colour ``jitter``, normalisation. Masks are resized with nearest
+    neighbour only.
+
+    Args:
+        ignore_index: label written into padded mask pixels.
+        mean, std: normalisation in [0, 1] units.
+        resize: ``[H, W]`` every image is resized to first.
+        scale: ``[low, high]`` range of a random rescale factor (e.g. ``[0.5, 2.0]``).
+        crop: ``[H, W]`` random crop size.
+        hflip: horizontal-flip probability.
+        jitter: ``torchvision``-style colour jitter ``{brightness, contrast, saturation, hue,
+            p}`` (any subset).
+    """
+
+    JITTER_KEYS = ("brightness", "contrast", "saturation", "hue", "p")
+
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        resize: Sequence[int] | None = None,
+        scale: Sequence[float] | None = None,
+        crop: Sequence[int] | None = None,
+        hflip: float = 0.0,
+        jitter: Mapping[str, float] | None = None,
+    ) -> None:
+        steps: list[A.BasicTransform] = []
+        if resize is not None:
+            h, w = _pair(resize, "resize")
+            steps.append(
+                A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)
+            )
+        if scale is not None:
+            low, high = (float(s) for s in scale)
+            if not 0 < low <= high:
+                raise ValueError(f"scale must be [low, high] with 0 < low <= high, got {scale}")
+            steps.append(
+                A.RandomScale(
+                    scale_limit=(low - 1.0, high - 1.0),
+                    interpolation=cv2.INTER_LINEAR,
+                    mask_interpolation=cv2.INTER_NEAREST,
+                    p=1.0,
+                )
+            )
+        if crop is not None:
+            h, w = _pair(crop, "crop")
+            steps.append(
+                A.PadIfNeeded(
+                    min_height=h,
+                    min_width=w,
+                    position="random",
+                    border_mode=cv2.BORDER_CONSTANT,
+                    fill=0,
+                    fill_mask=ignore_index,
+                )
+            )
+            steps.append(A.RandomCrop(h, w))
+        if hflip:
+            if not 0 <= hflip <= 1:
+                raise ValueError(f"hflip is a probability in [0, 1], got {hflip}")
+            steps.append(A.HorizontalFlip(p=float(hflip)))
+        if jitter:
+            unknown = set(jitter) - set(self.JITTER_KEYS)
+            if unknown:
+                raise ValueError(
+                    f"jitter has unknown keys {sorted(unknown)}; expected {list(self.JITTER_KEYS)}"
+                )
+            jitter = dict(jitter)
+            p = float(jitter.pop("p", 0.5))
+            steps.append(
+                A.ColorJitter(**{k: float(v) for k, v in jitter.items()}, p=p)
+                if jitter
+                else A.NoOp()
+            )
+        self.ignore_index = ignore_index
+        self.pipeline = A.Compose(steps) if steps else None
+        self.to_tensor = ToTensorNormalize(mean, std)
+
+    def augment(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The geometric and photometric steps only: ``uint8`` image and mask out."""
+        if self.pipeline is None:
+            return image, mask
+        dtype = mask.dtype
+        # albumentations' resizers want a cv2-friendly mask dtype; labels fit in int32
+        out = self.pipeline(image=image, mask=mask.astype(np.int32, copy=False))
+        return out["image"], out["mask"].astype(dtype, copy=False)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.to_tensor(*self.augment(image, mask))
+
+    def denormalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised ``(B, 3, H, W)`` images back to ``uint8`` RGB."""
+        t = self.to_tensor
+        return (images.cpu() * t.std + t.mean).clamp(0, 255).byte()
+
+
+def collate(batch: list[dict]) -> dict:
+    """Stack samples; samples of different sizes raise an error naming them and the fix."""
+    sizes = {tuple(s["image"].shape[-2:]) for s in batch}
+    if len(sizes) > 1:
+        listed = ", ".join(
+            f"{s['name']} ({s['image'].shape[-1]}x{s['image'].shape[-2]})" for s in batch[:4]
+        )
+        raise ValueError(
+            f"a batch mixes image sizes ({listed}); give the dataset a training crop "
+            "(dataset.train_transform.crop=[H,W]), a fixed size (eval_transform.resize=[H,W]), "
+            "or evaluate with dataset.eval_batch_size=1"
+        )
+    return {
+        "image": torch.stack([s["image"] for s in batch]),
+        "mask": torch.stack([s["mask"] for s in batch]),
+        "name": [s["name"] for s in batch],
+    }
