@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_info
 
@@ -21,6 +21,7 @@ from segbench.adversarial import AdversarialTask, task_kwargs_from_model_config
 from segbench.checkpoint import CheckpointError, load_checkpoint
 from segbench.complexity import count_flops, segmenter_of
 from segbench.data.datamodule import SegDataModule
+from segbench.data.stats import class_weights
 from segbench.models.base import count_parameters
 from segbench.models.ganseg import GANSeg
 from segbench.results import RESULTS_FILE, build_results, format_table, write_results
@@ -69,6 +70,21 @@ def _build_datamodule(dataset_cfg: DictConfig, splits: list[str]) -> SegDataModu
     for split in splits:  # open every split now: a missing root or split fails before training
         dm.dataset(split)
     return dm
+
+
+def _resolve_class_weights(loss_cfg: DictConfig, dm: SegDataModule) -> None:
+    """Replace every ``class_weights: <weighting name>`` in ``loss_cfg`` by the weights computed
+    over the training split, so that the run's config and checkpoint record the numbers."""
+    for key in list(loss_cfg.keys()):
+        value = loss_cfg[key]
+        if isinstance(value, DictConfig):
+            _resolve_class_weights(value, dm)
+        elif key == "class_weights" and isinstance(value, str):
+            weights = class_weights(dm.dataset("train"), value)
+            with open_dict(loss_cfg):
+                loss_cfg[key] = weights
+            names = ", ".join(f"{n} {w:.3f}" for n, w in zip(dm.class_names, weights))
+            rank_zero_info(f"loss class weights ({value} over {dm.name}/train): {names}")
 
 
 def _build_task(
@@ -188,8 +204,9 @@ def train(cfg: DictConfig) -> dict:
     _check_output_dir(output_dir)
     pl.seed_everything(cfg.seed, workers=True)
 
-    config = OmegaConf.to_container(cfg, resolve=True)
     dm = _build_datamodule(cfg.dataset, ["train", "val", cfg.dataset.eval_split])
+    _resolve_class_weights(cfg.loss, dm)
+    config = OmegaConf.to_container(cfg, resolve=True)
     task = _build_task(cfg, dm, build_model(cfg.model), run_config=config)
     trainer = _build_trainer(cfg, task.model)
     for lg in trainer.loggers:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException, InstantiationException
@@ -11,6 +13,10 @@ from omegaconf import OmegaConf
 from segbench.complexity import segmenter_of
 from segbench.run import build_model
 from tests.conftest import CONF, compose_config, make_folder_dataset
+from tests.fixtures.ade20k import write_ade20k
+from tests.fixtures.camvid import write_camvid
+from tests.fixtures.cityscapes import write_cityscapes
+from tests.fixtures.voc import write_sbd, write_voc
 
 
 def options(group: str) -> list[str]:
@@ -112,6 +118,20 @@ def test_every_model_builds_on_every_full_size_backbone(model, tmp_path):
             assert net(torch.zeros(1, 3, 65, 97))["out"].shape == (1, 7, 65, 97)
 
 
+def _voc(data: Path) -> None:
+    write_voc(data / "VOCdevkit/VOC2012", ["2007_000032", "2007_000039"], ["2007_000033"])
+    write_sbd(data / "benchmark_RELEASE/dataset", ["2008_000008"], ["2007_000039"])
+
+
+REAL_DATASETS = {
+    "voc": _voc,
+    "voc_aug": _voc,
+    "camvid": lambda data: write_camvid(data / "CamVid"),
+    "cityscapes": lambda data: write_cityscapes(data / "cityscapes"),
+    "ade20k": lambda data: write_ade20k(data / "ADEChallengeData2016"),
+}
+
+
 @pytest.mark.parametrize("option", options("dataset"))
 def test_every_dataset_builds(option, tmp_path):
     overrides = [f"dataset={option}", "backbone=tiny"]
@@ -122,6 +142,9 @@ def test_every_dataset_builds(option, tmp_path):
             "dataset.num_classes=3",
             "dataset.class_names=[a,b,c]",
         ]
+    elif option in REAL_DATASETS:  # a tiny copy of the release, in its official layout
+        REAL_DATASETS[option](tmp_path / "data")
+        overrides.append(f"data_root={tmp_path / 'data'}")
     cfg = compose_config("train", overrides, tmp_path / "run")
     OmegaConf.resolve(cfg)
     assert cfg.model.num_classes == cfg.dataset.num_classes  # by interpolation

@@ -1,6 +1,17 @@
-"""Datasets (one file each), the shared dataset contract and checks, and the data module."""
+"""Datasets (one file each), the shared dataset contract and checks, and the data module.
 
-from segbench.data.base import SegmentationDataset, validate_sample
-from segbench.data.datamodule import SegDataModule
+``SegDataModule`` is imported lazily: the data commands (``python -m segbench.data.check`` and
+friends) should not pay for importing Lightning before they need it.
+"""
 
-__all__ = ["SegDataModule", "SegmentationDataset", "validate_sample"]
+from segbench.data.base import DataError, SegmentationDataset, validate_sample
+
+__all__ = ["DataError", "SegDataModule", "SegmentationDataset", "validate_sample"]
+
+
+def __getattr__(name: str):
+    if name == "SegDataModule":
+        from segbench.data.datamodule import SegDataModule
+
+        return SegDataModule
+    raise AttributeError(f"module 'segbench.data' has no attribute {name!r}")

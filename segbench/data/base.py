@@ -51,7 +51,7 @@ def _label_hint(values: np.ndarray, num_classes: int) -> str:
             " (Cityscapes label ids 0-33 not converted to the 19 train ids? dataset=cityscapes "
             "reads *_gtFine_labelIds.png and maps them)"
         )
-    if max(present) >= 2 * num_classes or present & {128, 192}:
+    if num_classes <= 64 and (max(present) >= 2 * num_classes or present & {128, 192}):
         return " (an RGB colour mask converted to grey? masks must hold class indices)"
     return ""
 

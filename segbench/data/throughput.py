@@ -1,0 +1,133 @@
+"""``python -m segbench.data.throughput dataset=... [model=...] [key=value ...]``: does the data
+loader keep up with training?
+
+Measures, in one run on this machine, three rates in images per second:
+
+1. ``loader``: the training loader alone (reading, decoding, the training pipeline, collation)
+   with ``dataset.num_workers`` worker processes;
+2. ``step``: the training step alone (forward, loss, backward, optimizer step of the
+   configured model) on a batch already in memory;
+3. ``end-to-end``: training steps fed by the loader, as in a real run.
+
+``loader / step`` above 1 means the loader produces images faster than a step consumes them;
+``end-to-end / step`` is the share of the step rate that real training reaches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+__all__ = ["main", "measure"]
+
+
+def _rate(images: int, seconds: float) -> float:
+    return images / max(seconds, 1e-9)
+
+
+def measure(cfg, batches: int = 20, warmup: int = 3) -> dict:
+    """The three rates of ``cfg`` (a composed ``conf/train.yaml``)."""
+    from hydra.utils import instantiate
+
+    from segbench.run import build_model
+
+    dm = instantiate(cfg.dataset)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    model = build_model(cfg.model)
+    loss_fn = instantiate(cfg.loss) if not isinstance(cfg.loss.get("class_weights"), str) else None
+    if loss_fn is None:  # weights do not change the cost of a step
+        loss_fn = torch.nn.CrossEntropyLoss(ignore_index=dm.ignore_index)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    model.train()
+
+    def step(batch: dict) -> None:
+        out = model(batch["image"])
+        loss = loss_fn(out["out"], batch["mask"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    # 1. the loader alone
+    it = iter(loader)
+    for _ in range(warmup):
+        batch = next(it)
+    n, start = 0, time.perf_counter()
+    for _ in range(batches):
+        try:
+            b = next(it)
+        except StopIteration:
+            it = iter(loader)
+            b = next(it)
+        n += len(b["image"])
+    loader_rate = _rate(n, time.perf_counter() - start)
+
+    del it  # its workers stop prefetching
+
+    # 2. the step alone, on one batch in memory
+    for _ in range(warmup):
+        step(batch)
+    start = time.perf_counter()
+    for _ in range(batches):
+        step(batch)
+    step_rate = _rate(batches * len(batch["image"]), time.perf_counter() - start)
+
+    # 3. steps fed by the loader
+    it = iter(loader)
+    step(next(it))
+    n, start = 0, time.perf_counter()
+    for _ in range(batches):
+        try:
+            b = next(it)
+        except StopIteration:
+            it = iter(loader)
+            b = next(it)
+        step(b)
+        n += len(b["image"])
+    end_to_end = _rate(n, time.perf_counter() - start)
+    return {
+        "dataset": dm.name,
+        "batch_size": dm.batch_size,
+        "num_workers": dm.num_workers,
+        "image_size": list(batch["image"].shape[-2:]),
+        "torch_threads": torch.get_num_threads(),
+        "loader_images_per_s": loader_rate,
+        "step_images_per_s": step_rate,
+        "end_to_end_images_per_s": end_to_end,
+        "loader_over_step": loader_rate / step_rate,
+        "end_to_end_over_step": end_to_end / step_rate,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from segbench.data.cli import compose_train_config
+
+    parser = argparse.ArgumentParser(
+        prog="python -m segbench.data.throughput",
+        description="Images/s of the training loader against the training step's consumption.",
+    )
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. dataset=camvid")
+    parser.add_argument("--batches", type=int, default=20, help="batches timed per rate")
+    args = parser.parse_args(argv)
+    cfg = compose_train_config(args.overrides)
+    r = measure(cfg, batches=args.batches)
+    h, w = r["image_size"]
+    print(
+        f"{r['dataset']}: batch {r['batch_size']} of {h}x{w}, {r['num_workers']} loader workers, "
+        f"{r['torch_threads']} torch threads, model {cfg.model.name}/{cfg.backbone.name}"
+    )
+    print(f"loader alone      {r['loader_images_per_s']:8.1f} images/s")
+    print(f"training step     {r['step_images_per_s']:8.1f} images/s")
+    print(f"end to end        {r['end_to_end_images_per_s']:8.1f} images/s")
+    print(
+        f"loader / step = {r['loader_over_step']:.2f}   "
+        f"end-to-end / step = {r['end_to_end_over_step']:.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
