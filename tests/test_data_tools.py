@@ -280,3 +280,30 @@ def test_throughput_command_measures_three_rates(tmp_path):
         assert r[key] > 0
     assert r["loader_over_step"] == pytest.approx(r["loader_images_per_s"] / r["step_images_per_s"])
     assert json.dumps(r)  # plain numbers, ready for a report
+
+
+def test_check_command_names_the_classic_mistakes(tmp_path, capsys):
+    """VOC void remapped to background, Cityscapes label ids not converted to train ids."""
+    from tests.fixtures.cityscapes import write_cityscapes
+    from tests.fixtures.voc import write_voc
+
+    data = tmp_path / "data"
+    write_voc(
+        data / "VOCdevkit/VOC2012",
+        ["2007_000032", "2007_000039"],
+        ["2007_000033"],
+        void_as_background=["2007_000039"],
+    )
+    assert check_main(["dataset=voc", f"data_root={data}"]) == 1
+    out = capsys.readouterr().out
+    assert "voc/train: 1 problem" in out and "voc/val: ok" in out
+    assert "2007_000039.png: object labels" in out and "remapped to background" in out
+
+    write_cityscapes(
+        data / "cityscapes", label_files="labelTrainIds", plant=["label_ids_as_train_ids"]
+    )
+    overrides = ["dataset=cityscapes", f"data_root={data}"]
+    assert check_main([*overrides, "dataset.source.label_files=labelTrainIds"]) == 1
+    out = capsys.readouterr().out
+    assert "label ids not converted to train ids" in out
+    assert out.count("label ids not converted") == 2  # the planted file of train and of val

@@ -28,6 +28,12 @@ def _rate(images: int, seconds: float) -> float:
     return images / max(seconds, 1e-9)
 
 
+def _endless(loader):
+    """The loader's batches, epoch after epoch."""
+    while True:
+        yield from loader
+
+
 def measure(cfg, batches: int = 20, warmup: int = 3) -> dict:
     """The three rates of ``cfg`` (a composed ``conf/train.yaml``)."""
     from hydra.utils import instantiate
@@ -51,21 +57,15 @@ def measure(cfg, batches: int = 20, warmup: int = 3) -> dict:
         loss.backward()
         optimizer.step()
 
-    # 1. the loader alone
-    it = iter(loader)
-    for _ in range(warmup):
-        batch = next(it)
-    n, start = 0, time.perf_counter()
-    for _ in range(batches):
-        try:
-            b = next(it)
-        except StopIteration:
-            it = iter(loader)
-            b = next(it)
-        n += len(b["image"])
+    # 1. the loader alone; the warm-up also drains the batches the workers prefetched while
+    # starting, so that the timed ones are produced while we wait
+    batches_in = _endless(loader)
+    for _ in range(warmup + loader.num_workers * (loader.prefetch_factor or 0)):
+        batch = next(batches_in)
+    start = time.perf_counter()
+    n = sum(len(next(batches_in)["image"]) for _ in range(batches))
     loader_rate = _rate(n, time.perf_counter() - start)
-
-    del it  # its workers stop prefetching
+    batches_in.close()  # its workers stop prefetching
 
     # 2. the step alone, on one batch in memory
     for _ in range(warmup):
@@ -76,18 +76,15 @@ def measure(cfg, batches: int = 20, warmup: int = 3) -> dict:
     step_rate = _rate(batches * len(batch["image"]), time.perf_counter() - start)
 
     # 3. steps fed by the loader
-    it = iter(loader)
-    step(next(it))
+    batches_in = _endless(loader)
+    step(next(batches_in))
     n, start = 0, time.perf_counter()
     for _ in range(batches):
-        try:
-            b = next(it)
-        except StopIteration:
-            it = iter(loader)
-            b = next(it)
+        b = next(batches_in)
         step(b)
         n += len(b["image"])
     end_to_end = _rate(n, time.perf_counter() - start)
+    batches_in.close()
     return {
         "dataset": dm.name,
         "batch_size": dm.batch_size,
