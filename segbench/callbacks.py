@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from pytorch_lightning.loggers import WandbLogger
 
-__all__ = ["WandbMedia"]
+__all__ = ["EvaluationOutputs", "WandbMedia"]
 
 
 def _wandb_loggers(trainer: pl.Trainer) -> list[WandbLogger]:
@@ -97,3 +101,132 @@ class WandbMedia(pl.Callback):
                 )
             )
         return out
+
+
+class EvaluationOutputs(pl.Callback):
+    """What the final evaluation leaves in the run directory besides ``results.json``:
+
+    - ``predictions/<image>.png``: each prediction as a palette PNG (pixel values = class
+      indices, shown in the dataset's colours), when ``predictions`` is on;
+    - ``uncertainty/<image>.png``: for models that give a per-pixel uncertainty (Bayesian
+      SegNet's MC dropout), a heatmap of it next to each saved prediction (scaled to the
+      image's maximum, which is written in ``uncertainty/scale.json``);
+    - ``overlays/<image>.png``: image | ground truth | prediction (| uncertainty) side by
+      side, for the first ``overlays`` images of each process (``-1``: all);
+    - ``confusion_matrix.png`` and ``per_class_iou.png`` for the split, when ``plots`` is on.
+
+    The images and plots are also logged to W&B when a W&B logger is attached.
+
+    Args:
+        dirpath: the run directory.
+        predictions: save every prediction (and uncertainty) as a PNG.
+        overlays: how many side-by-side panels to save per process.
+        plots: save the confusion-matrix heatmap and the per-class IoU bar chart.
+    """
+
+    def __init__(
+        self, dirpath: str, predictions: bool = False, overlays: int = 16, plots: bool = True
+    ) -> None:
+        self.dirpath = Path(dirpath)
+        self.predictions = predictions
+        self.overlays = overlays
+        self.plots = plots
+        self._used: set[str] = set()
+        self._panels: list[str] = []
+        self._scales: dict[str, float] = {}
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._used.clear()
+        self._panels.clear()
+        self._scales.clear()
+
+    def _stem(self, name: str) -> str:
+        stem = Path(str(name)).stem or "image"
+        unique, n = stem, 1
+        while unique in self._used:
+            n += 1
+            unique = f"{stem}_{n}"
+        self._used.add(unique)
+        return unique
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        want_panels = self.overlays < 0 or len(self._panels) < self.overlays
+        if not (self.predictions or want_panels) or not isinstance(outputs, dict):
+            return
+        from segbench.plots import colorize, default_palette, heatmap, panel, save_palette_png
+
+        dm = trainer.datamodule
+        palette = dm.palette or default_palette(dm.num_classes)
+        preds = outputs["pred"].cpu().numpy()
+        uncertainty = outputs.get("uncertainty")
+        uncertainty = None if uncertainty is None else uncertainty.float().cpu().numpy()
+        rgb = None
+        for i, name in enumerate(batch["name"]):
+            stem = self._stem(name)
+            unc = None if uncertainty is None else uncertainty[i]
+            if unc is not None:
+                self._scales[stem] = float(unc.max(initial=0.0))
+            if self.predictions:
+                save_palette_png(preds[i], palette, self.dirpath / "predictions" / f"{stem}.png")
+                if unc is not None:
+                    path = self.dirpath / "uncertainty" / f"{stem}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(heatmap(unc)).save(path)
+            if self.overlays < 0 or len(self._panels) < self.overlays:
+                if rgb is None:
+                    rgb = dm.eval_transform.denormalize(batch["image"]).permute(0, 2, 3, 1).numpy()
+                gt = batch["mask"][i].cpu().numpy()
+                tiles = [
+                    rgb[i],
+                    colorize(gt, palette, dm.ignore_index),
+                    colorize(preds[i], palette, dm.ignore_index),
+                ]
+                if unc is not None:
+                    tiles.append(heatmap(unc))
+                path = self.dirpath / "overlays" / f"{stem}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(panel(tiles)).save(path)
+                self._panels.append(str(path))
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        if self._scales and self.predictions:
+            path = self.dirpath / "uncertainty" / f"scale.rank{trainer.global_rank}.json"
+            path.write_text(json.dumps(self._scales, indent=1))
+        if not trainer.is_global_zero:
+            return
+        from segbench.plots import plot_confusion_matrix, plot_per_class_iou
+
+        split = pl_module.eval_split
+        results = pl_module.results.get(split)
+        media: dict[str, str] = {}
+        if self.plots and results is not None:
+            dm = trainer.datamodule
+            title = f"{dm.name}/{split}"
+            media["confusion_matrix"] = str(
+                plot_confusion_matrix(
+                    np.asarray(results["confusion_matrix"]),
+                    pl_module.class_names,
+                    self.dirpath / "confusion_matrix.png",
+                    title=f"{title}: confusion matrix (row-normalised)",
+                )
+            )
+            media["per_class_iou"] = str(
+                plot_per_class_iou(
+                    results["iou"],
+                    pl_module.class_names,
+                    self.dirpath / "per_class_iou.png",
+                    palette=dm.palette,
+                    title=f"{title}: per-class IoU",
+                )
+            )
+        loggers = _wandb_loggers(trainer)
+        if loggers and (media or self._panels):
+            import wandb
+
+            payload = {f"{split}/{k}": wandb.Image(v) for k, v in media.items()}
+            if self._panels:
+                payload[f"{split}/overlays"] = [
+                    wandb.Image(p, caption=Path(p).stem) for p in self._panels[:32]
+                ]
+            for lg in loggers:
+                lg.experiment.log(payload)

@@ -100,7 +100,7 @@ class SegmentationTask(pl.LightningModule):
         self.metrics["fit"].update(out["out"].detach(), batch["mask"])
         return loss
 
-    def _eval_step(self, batch: dict, metric: str, prefix: str) -> None:
+    def _eval_step(self, batch: dict, metric: str, prefix: str) -> dict[str, Tensor]:
         out = self.model(batch["image"])
         loss = self._loss(out, batch["mask"])
         self.log(
@@ -112,12 +112,19 @@ class SegmentationTask(pl.LightningModule):
             batch_size=batch["image"].shape[0],
         )
         self.metrics[metric].update(out["out"], batch["mask"])
+        return out
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val", "val")
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.eval_split)
+    def test_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        """Returns the predictions ``pred (B, H, W)`` (and ``uncertainty (B, H, W)`` when the
+        model gives one) for callbacks that save them."""
+        out = self._eval_step(batch, "test", self.eval_split)
+        result = {"pred": out["out"].argmax(1)}
+        if "uncertainty" in out:
+            result["uncertainty"] = out["uncertainty"]
+        return result
 
     def _log_metrics(self, metric: str, prefix: str) -> None:
         values = self.metrics[metric].compute()  # summed over all ranks

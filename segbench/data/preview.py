@@ -10,36 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["colorize", "main", "overlay", "preview_grid"]
+from segbench.plots import default_palette, overlay
 
-
-def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int) -> np.ndarray:
-    """Label map ``(H, W)`` → ``uint8 (H, W, 3)`` in ``palette``; ignored pixels white, any
-    other value outside the palette magenta."""
-    lut = np.zeros((max(256, int(mask.max()) + 1), 3), dtype=np.uint8)
-    lut[:] = (255, 0, 255)
-    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    if 0 <= ignore_index < len(lut):
-        lut[ignore_index] = (255, 255, 255)
-    return lut[mask.astype(np.int64)]
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, palette, ignore_index: int, alpha=0.5):
-    """``image`` with the coloured ``mask`` blended over it (ignored pixels whitened)."""
-    colours = colorize(mask, palette, ignore_index).astype(np.float32)
-    out = (1 - alpha) * image.astype(np.float32) + alpha * colours
-    return out.round().astype(np.uint8)
-
-
-def default_palette(num_classes: int) -> list[list[int]]:
-    """A fixed, distinct palette for datasets that bring none."""
-    rng = np.random.default_rng(0)
-    return rng.integers(0, 256, size=(num_classes, 3)).tolist()
+__all__ = ["main", "preview_grid"]
 
 
 def preview_grid(dm, split: str, num: int, out: Path, seed: int = 0, columns: int = 4) -> Path:

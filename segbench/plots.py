@@ -1,0 +1,193 @@
+"""Pictures of labels and results: colour-coded masks, overlays and side-by-side panels (numpy
+and PIL, cheap enough for every image), and the run-level figures (matplotlib): the
+confusion-matrix heatmap and the per-class IoU bar chart."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "colorize",
+    "default_palette",
+    "heatmap",
+    "overlay",
+    "panel",
+    "plot_confusion_matrix",
+    "plot_per_class_iou",
+    "save_palette_png",
+]
+
+IGNORE_COLOUR = (255, 255, 255)
+UNKNOWN_COLOUR = (255, 0, 255)
+
+
+def default_palette(num_classes: int) -> list[list[int]]:
+    """A fixed, distinct palette for datasets that bring none."""
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(num_classes, 3)).tolist()
+
+
+def _lut(palette: Sequence[Sequence[int]], ignore_index: int | None, size: int) -> np.ndarray:
+    lut = np.empty((max(256, size), 3), dtype=np.uint8)
+    lut[:] = UNKNOWN_COLOUR
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    if ignore_index is not None and 0 <= ignore_index < len(lut):
+        lut[ignore_index] = IGNORE_COLOUR
+    return lut
+
+
+def colorize(
+    mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int | None = None
+) -> np.ndarray:
+    """Label map ``(H, W)`` → ``uint8 (H, W, 3)`` in ``palette``; ignored pixels white, any
+    other value outside the palette magenta."""
+    mask = np.asarray(mask).astype(np.int64)
+    return _lut(palette, ignore_index, int(mask.max(initial=0)) + 1)[mask]
+
+
+def overlay(
+    image: np.ndarray,
+    mask: np.ndarray,
+    palette: Sequence[Sequence[int]],
+    ignore_index: int | None = None,
+    alpha: float = 0.5,
+) -> np.ndarray:
+    """``image`` with the coloured ``mask`` blended over it (ignored pixels whitened)."""
+    colours = colorize(mask, palette, ignore_index).astype(np.float32)
+    out = (1 - alpha) * image.astype(np.float32) + alpha * colours
+    return out.round().astype(np.uint8)
+
+
+def heatmap(values: np.ndarray, vmax: float | None = None) -> np.ndarray:
+    """A ``(H, W)`` map of non-negative values → ``uint8 (H, W, 3)`` in matplotlib's magma
+    colour map, 0 black; scaled to ``vmax`` (default: the map's maximum)."""
+    from matplotlib import colormaps
+
+    values = np.asarray(values, dtype=np.float64)
+    top = vmax if vmax is not None else float(values.max(initial=0.0))
+    scaled = values / top if top > 0 else np.zeros_like(values)
+    rgba = colormaps["magma"](np.clip(scaled, 0.0, 1.0))
+    return (rgba[..., :3] * 255).round().astype(np.uint8)
+
+
+def panel(tiles: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
+    """RGB tiles of one height side by side, separated by white gaps."""
+    h = tiles[0].shape[0]
+    spacer = np.full((h, gap, 3), 255, dtype=np.uint8)
+    parts = []
+    for i, tile in enumerate(tiles):
+        if tile.shape[0] != h:
+            raise ValueError(f"panel tiles must share a height, got {[t.shape for t in tiles]}")
+        parts += [spacer, tile] if i else [tile]
+    return np.concatenate(parts, axis=1)
+
+
+def save_palette_png(mask: np.ndarray, palette: Sequence[Sequence[int]], path: Path) -> Path:
+    """Write a label map as a palette PNG (pixel values = class indices, as VOC stores
+    its masks), so it reads back as indices and shows in colour."""
+    mask = np.asarray(mask)
+    if mask.min(initial=0) < 0 or mask.max(initial=0) > 255:
+        raise ValueError(
+            f"{path}: a palette PNG holds values 0-255, got {mask.min()}..{mask.max()}"
+        )
+    image = Image.fromarray(mask.astype(np.uint8), mode="L").convert("P")
+    flat = np.zeros((256, 3), dtype=np.uint8)
+    flat[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    image.putpalette(flat.ravel().tolist())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def plot_confusion_matrix(
+    confmat: np.ndarray, class_names: Sequence[str], path: Path, title: str = ""
+) -> Path:
+    """Heatmap of the row-normalised confusion matrix (rows: ground truth, columns:
+    prediction; each row sums to 1 over the pixels of that class), with the values written in
+    the cells when there are few classes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(confmat, dtype=np.float64)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    k = len(class_names)
+    side = min(max(4.0, 0.45 * k + 2.0), 30.0)
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(k), class_names, rotation=90, fontsize=8 if k <= 40 else 5)
+    ax.set_yticks(range(k), class_names, fontsize=8 if k <= 40 else 5)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    if k <= 25:
+        for i in range(k):
+            for j in range(k):
+                if norm[i, j] >= 0.005:
+                    colour = "white" if norm[i, j] > 0.5 else "black"
+                    ax.text(
+                        j,
+                        i,
+                        f"{norm[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color=colour,
+                    )
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the row's pixels")
+    ax.set_title(title or "confusion matrix (row-normalised)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_per_class_iou(
+    iou: Sequence[float],
+    class_names: Sequence[str],
+    path: Path,
+    palette: Sequence[Sequence[int]] | None = None,
+    title: str = "",
+) -> Path:
+    """Horizontal bars of per-class IoU (%) in the dataset's colours, with the mean as a line;
+    classes without a value (absent from ground truth and prediction) are marked n/a."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.array([np.nan if v is None else float(v) for v in iou], dtype=np.float64) * 100
+    k = len(class_names)
+    palette = palette or default_palette(k)
+    colours = [np.asarray(palette[i]) / 255 for i in range(k)]
+    fig, ax = plt.subplots(figsize=(7.0, max(2.5, 0.28 * k + 1.2)))
+    y = np.arange(k)
+    ax.barh(y, np.nan_to_num(values), color=colours, edgecolor="black", linewidth=0.4)
+    for i, v in enumerate(values):
+        ax.text(
+            (0 if np.isnan(v) else v) + 1,
+            i,
+            "n/a" if np.isnan(v) else f"{v:.1f}",
+            va="center",
+            fontsize=7,
+        )
+    mean = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+    if np.isfinite(mean):
+        ax.axvline(mean, color="black", linestyle="--", linewidth=1)
+        ax.text(mean, -0.9, f"mIoU {mean:.1f}", ha="center", fontsize=8)
+    ax.set_yticks(y, class_names, fontsize=8 if k <= 40 else 5)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("IoU (%)")
+    ax.set_title(title or "per-class IoU", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
