@@ -59,6 +59,7 @@ def build_results(
     checkpoint: str | None,
     num_images: int,
     eval_mode: str = "single-scale",
+    inference: dict | None = None,
     duration_s: float | None = None,
 ) -> dict:
     """Assemble the results record. ``figures`` is ``SegmentationTask.results[split]``."""
@@ -74,6 +75,7 @@ def build_results(
         "dataset": dataset,
         "split": split,
         "eval_mode": eval_mode,
+        "inference": inference,
         "classes": list(class_names),
         "num_classes": len(class_names),
         "ignore_index": ignore_index,

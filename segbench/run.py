@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_info
 
@@ -22,6 +22,7 @@ from segbench.checkpoint import CheckpointError, load_checkpoint
 from segbench.complexity import count_flops, segmenter_of
 from segbench.data.datamodule import SegDataModule
 from segbench.data.stats import class_weights
+from segbench.inference import Inference
 from segbench.models.base import count_parameters
 from segbench.models.ganseg import GANSeg
 from segbench.results import RESULTS_FILE, build_results, format_table, write_results
@@ -77,7 +78,11 @@ def _resolve_class_weights(loss_cfg: DictConfig, dm: SegDataModule) -> None:
     over the training split, so that the run's config and checkpoint record the numbers."""
     for key in list(loss_cfg.keys()):
         value = loss_cfg[key]
-        if isinstance(value, DictConfig):
+        if isinstance(value, ListConfig):
+            for item in value:
+                if isinstance(item, DictConfig):
+                    _resolve_class_weights(item, dm)
+        elif isinstance(value, DictConfig):
             _resolve_class_weights(value, dm)
         elif key == "class_weights" and isinstance(value, str):
             weights = class_weights(dm.dataset("train"), value)
@@ -119,6 +124,7 @@ def _build_task(
         class_names=dm.class_names,
         aux_weight=float(cfg.model.get("aux_weight", 0.0) or 0.0),
         run_config=run_config,
+        inference=instantiate(cfg.inference) if cfg.get("inference") else None,
         **extra,
     )
 
@@ -141,15 +147,23 @@ def _build_trainer(cfg: DictConfig, model: torch.nn.Module | None = None) -> pl.
     )
 
 
-def _eval_mode(model_cfg: dict) -> str:
-    """How predictions are made, as leaderboards label it: post-processing and sampling."""
+def _eval_mode(model_cfg: dict, inference: Inference | None = None) -> str:
+    """How predictions are made, as leaderboards label it: single-scale / slide / ms+flip ...,
+    then post-processing and sampling."""
     net = model_cfg.get("segmenter") or model_cfg  # GAN-seg evaluates its segmenter
-    mode = "single-scale"
+    mode = inference.label if inference is not None else "single-scale"
     if net.get("crf"):
         mode += "+CRF"
     if net.get("mc_samples"):
         mode += f"+MC-dropout x{net['mc_samples']}"
     return mode
+
+
+def _inference_record(cfg: dict | None) -> dict | None:
+    """The inference settings as ``results.json`` keeps them (without ``_target_``)."""
+    if not cfg:
+        return None
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
 
 
 def _evaluate_and_write(
@@ -182,7 +196,8 @@ def _evaluate_and_write(
         ignore_index=dm.ignore_index,
         figures=task.results[split],
         params=count_parameters(segmenter_of(task.model)),
-        eval_mode=_eval_mode(model_cfg),
+        eval_mode=_eval_mode(model_cfg, task.inference),
+        inference=_inference_record(config.get("inference")),
         gflops=flops / 1e9,
         flops_input_size=size,
         seed=int(cfg.seed),
@@ -305,6 +320,7 @@ def _merge_eval_config(cfg: DictConfig, trained: DictConfig, ckpt_path: str) -> 
             "backbone": trained.get("backbone"),
             "dataset": dataset,
             "loss": cfg.loss if cfg.get("loss") is not None else trained.loss,
+            "inference": cfg.get("inference"),  # an evaluation choice, not the training run's
         }
     )
     merged.dataset = OmegaConf.to_container(merged.dataset, resolve=True)

@@ -38,6 +38,9 @@ class SegmentationTask(pl.LightningModule):
         aux_weight: weight of the auxiliary loss (PSPNet: 0.4).
         run_config: the resolved run configuration (plain containers), stored in checkpoints
             so that ``evaluate.py`` can rebuild the model.
+        inference: how the test step predicts (:class:`~segbench.inference.Inference`: whole
+            image, sliding window, multi-scale/flip); ``None``: one plain forward pass.
+            Validation always uses one plain pass.
     """
 
     def __init__(
@@ -51,8 +54,10 @@ class SegmentationTask(pl.LightningModule):
         class_names: Sequence[str],
         aux_weight: float = 0.0,
         run_config: dict | None = None,
+        inference: Callable[[nn.Module, Tensor], dict[str, Tensor]] | None = None,
     ) -> None:
         super().__init__()
+        self.inference = inference
         self.model = model
         self.loss = loss
         self.optimizer_factory = optimizer
@@ -101,7 +106,10 @@ class SegmentationTask(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict, metric: str, prefix: str) -> dict[str, Tensor]:
-        out = self.model(batch["image"])
+        if metric == "test" and self.inference is not None:
+            out = self.inference(self.model, batch["image"])
+        else:
+            out = self.model(batch["image"])
         loss = self._loss(out, batch["mask"])
         self.log(
             f"{prefix}/loss",

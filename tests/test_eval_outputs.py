@@ -111,3 +111,33 @@ def test_iou_chart_marks_classes_without_a_value(tmp_path):
     path = plot_per_class_iou([0.5, None, 0.25], ["a", "b", "c"], tmp_path / "iou.png")
     with Image.open(path) as im:
         assert im.width > 300
+
+
+def test_evaluation_modes_are_recorded_and_a_whole_window_slide_changes_nothing(
+    trained_run, tmp_path
+):
+    res = json.loads((trained_run / "results.json").read_text())
+    base = [f"ckpt={res['checkpoint']}", "logger=csv", "trainer=cpu", "callbacks.eval_outputs=null"]
+
+    def run(name: str, *extra: str) -> dict:
+        return evaluate(compose_config("evaluate", [*base, *extra], tmp_path / name))
+
+    whole = run("whole")
+    assert whole["eval_mode"] == "single-scale" and whole["inference"]["mode"] == "whole"
+    assert whole["metrics"] == res["metrics"]  # the training run's final evaluation
+    one_window = run(
+        "slide64", "inference=slide", "inference.crop=[64,64]", "inference.stride=[32,32]"
+    )
+    assert one_window["eval_mode"] == "slide"
+    assert one_window["confusion_matrix"] == whole["confusion_matrix"]
+    tta = run("msflip", "inference=ms_flip", "inference.scales=[0.75,1.0,1.25]")
+    assert tta["eval_mode"] == "ms+flip"
+    assert tta["inference"] == {
+        "mode": "whole",
+        "crop": None,
+        "stride": None,
+        "scales": [0.75, 1.0, 1.25],
+        "flip": True,
+    }
+    assert tta["confusion_matrix"] != whole["confusion_matrix"]  # other predictions
+    assert sum(map(sum, tta["confusion_matrix"])) == sum(map(sum, whole["confusion_matrix"]))

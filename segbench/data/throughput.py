@@ -38,15 +38,14 @@ def measure(cfg, batches: int = 20, warmup: int = 3) -> dict:
     """The three rates of ``cfg`` (a composed ``conf/train.yaml``)."""
     from hydra.utils import instantiate
 
-    from segbench.run import build_model
+    from segbench.run import _resolve_class_weights, build_model
 
     dm = instantiate(cfg.dataset)
     dm.setup("fit")
     loader = dm.train_dataloader()
     model = build_model(cfg.model)
-    loss_fn = instantiate(cfg.loss) if not isinstance(cfg.loss.get("class_weights"), str) else None
-    if loss_fn is None:  # weights do not change the cost of a step
-        loss_fn = torch.nn.CrossEntropyLoss(ignore_index=dm.ignore_index)
+    _resolve_class_weights(cfg.loss, dm)  # e.g. median_frequency: computed once, then cached
+    loss_fn = instantiate(cfg.loss)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     model.train()
 
