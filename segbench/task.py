@@ -58,6 +58,7 @@ class SegmentationTask(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.inference = inference
+        self._loss_terms: dict[str, Tensor] = {}
         self.model = model
         self.loss = loss
         self.optimizer_factory = optimizer
@@ -79,6 +80,8 @@ class SegmentationTask(pl.LightningModule):
 
     def _loss(self, out: dict[str, Tensor], target: Tensor) -> Tensor:
         loss = self.loss(out["out"], target)
+        # a weighted sum's parts on the main head (read before the aux call overwrites them)
+        self._loss_terms = dict(getattr(self.loss, "last_terms", None) or {})
         if "aux" in out and self.aux_weight > 0:
             loss = loss + self.aux_weight * self.loss(out["aux"], target)
         return loss
@@ -94,6 +97,8 @@ class SegmentationTask(pl.LightningModule):
         out = self.model(batch["image"])
         loss = self._loss(out, batch["mask"])
         self._check_finite("train/loss", loss)
+        for name, value in self._loss_terms.items():
+            self.log(f"train/loss/{name}", value, on_step=True, on_epoch=True)
         self.log(
             "train/loss",
             loss,

@@ -92,3 +92,22 @@ def test_a_non_finite_training_loss_stops_with_the_key_and_step():
     batch = {"image": torch.zeros(1, 3, 4, 4), "mask": torch.zeros(1, 4, 4, dtype=torch.long)}
     with pytest.raises(FloatingPointError, match=r"train/loss is nan at step 0; lower the"):
         task.training_step(batch, 0)
+
+
+def test_a_weighted_sum_logs_each_term(tmp_path):
+    import csv
+
+    from segbench.run import train
+    from tests.conftest import compose_config
+
+    cfg = compose_config(
+        "train", ["debug=fast", "loss=ce_dice", "trainer.max_epochs=1"], tmp_path / "run"
+    )
+    train(cfg)
+    rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
+    steps = [r for r in rows if r.get("train/loss_step")]
+    assert steps
+    for r in steps:  # the total is the sum of its weighted terms (both weights 1)
+        total = float(r["train/loss_step"])
+        parts = float(r["train/loss/ce_step"]) + float(r["train/loss/dice_step"])
+        assert total == pytest.approx(parts, rel=1e-5)
