@@ -240,10 +240,10 @@ class _SoftOverlapLoss(_SegLoss):
     def __init__(
         self,
         num_classes: int,
-        ignore_index: int,
-        smooth: float,
-        classes: str,
-        class_weights: Sequence[float] | None,
+        ignore_index: int = 255,
+        smooth: float = 1.0,
+        classes: str = "present",
+        class_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__(num_classes, ignore_index, class_weights)
         _check_range("smooth", smooth, 0.0)
@@ -295,16 +295,6 @@ class DiceLoss(_SoftOverlapLoss):
         class_weights: optional per-class weights of the class average.
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        ignore_index: int = 255,
-        smooth: float = 1.0,
-        classes: str = "present",
-        class_weights: Sequence[float] | None = None,
-    ) -> None:
-        super().__init__(num_classes, ignore_index, smooth, classes, class_weights)
-
     def _score(self, intersection: Tensor, total: Tensor) -> Tensor:
         return (2.0 * intersection + self.smooth) / (total + self.smooth).clamp_min(1e-12)
 
@@ -322,16 +312,6 @@ class JaccardLoss(_SoftOverlapLoss):
         classes: ``"present"`` or ``"all"``, see :class:`DiceLoss`.
         class_weights: optional per-class weights of the class average.
     """
-
-    def __init__(
-        self,
-        num_classes: int,
-        ignore_index: int = 255,
-        smooth: float = 1.0,
-        classes: str = "present",
-        class_weights: Sequence[float] | None = None,
-    ) -> None:
-        super().__init__(num_classes, ignore_index, smooth, classes, class_weights)
 
     def _score(self, intersection: Tensor, total: Tensor) -> Tensor:
         union = total - intersection
