@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from pytorch_lightning.loggers import WandbLogger
 
-__all__ = ["EvaluationOutputs", "WandbMedia"]
+__all__ = ["EvaluationOutputs", "RunPlots", "WandbMedia"]
 
 
 def _wandb_loggers(trainer: pl.Trainer) -> list[WandbLogger]:
@@ -230,3 +230,116 @@ class EvaluationOutputs(pl.Callback):
                 ]
             for lg in loggers:
                 lg.experiment.log(payload)
+
+
+class RunPlots(pl.Callback):
+    """The picture of a training run, redrawn after every validation into the run directory
+    (and logged to W&B at the end of training):
+
+    - ``curves.png``: loss and mIoU per epoch, train and val;
+    - ``val_predictions.png``: the first ``num_images`` validation images, each as image |
+      ground truth | prediction of the current weights.
+
+    The final evaluation's confusion matrix and per-class IoU chart come from
+    :class:`EvaluationOutputs`. The per-epoch figures are also kept in ``history.json``.
+
+    Args:
+        dirpath: the run directory.
+        num_images: validation images in the prediction grid.
+    """
+
+    KEYS = ("train/loss", "val/loss", "train/mIoU", "val/mIoU")
+
+    def __init__(self, dirpath: str, num_images: int = 8) -> None:
+        self.dirpath = Path(dirpath)
+        self.num_images = num_images
+        self.history: list[dict] = []
+        self._batch: dict | None = None
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ):
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        have = 0 if self._batch is None else len(self._batch["image"])
+        if trainer.current_epoch == 0 and have < self.num_images:  # the same images every epoch
+            take = {k: batch[k][: self.num_images - have].detach().cpu() for k in ("image", "mask")}
+            if self._batch is None:
+                self._batch = take
+            else:
+                self._batch = {k: torch.cat([self._batch[k], take[k]]) for k in take}
+
+    def _record(self, trainer, epoch: int, split: str) -> None:
+        """Put the ``split`` figures now in ``trainer.callback_metrics`` under ``epoch``."""
+        metrics = trainer.callback_metrics
+        row = next((h for h in self.history if h["epoch"] == epoch), None)
+        if row is None:
+            row = {"epoch": epoch}
+            self.history.append(row)
+            self.history.sort(key=lambda h: h["epoch"])
+        for key in self.KEYS:
+            if not key.startswith(split):
+                continue
+            for name in (f"{key}_epoch", key):
+                if name in metrics:
+                    row[key] = float(metrics[name])
+                    break
+
+    # Lightning calls a callback's on_train_epoch_end before the module logs its epoch
+    # figures (train/mIoU, train/loss_epoch), so an epoch's training figures are read at the
+    # start of the next epoch, or at the end of fitting.
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._train_epoch = trainer.current_epoch + 1
+
+    def _flush_train(self, trainer, pl_module) -> None:
+        epoch = getattr(self, "_train_epoch", None)
+        if epoch is not None and trainer.is_global_zero:
+            self._record(trainer, epoch, "train")
+            self._draw(trainer, pl_module)
+        self._train_epoch = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._flush_train(trainer, pl_module)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        self._record(trainer, trainer.current_epoch + 1, "val")
+        self._draw(trainer, pl_module)
+
+    def _draw(self, trainer, pl_module) -> None:
+        from segbench.plots import colorize, default_palette, plot_curves, prediction_grid
+
+        dm = trainer.datamodule
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        (self.dirpath / "history.json").write_text(json.dumps(self.history, indent=1))
+        plot_curves(self.history, self.dirpath / "curves.png", title=f"{dm.name}: training curves")
+        if self._batch is None:
+            return
+        palette = dm.palette or default_palette(dm.num_classes)
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            preds = pl_module(self._batch["image"].to(pl_module.device)).argmax(1).cpu().numpy()
+        pl_module.train(was_training)
+        rgb = dm.eval_transform.denormalize(self._batch["image"]).permute(0, 2, 3, 1).numpy()
+        rows = [
+            [rgb[i], colorize(gt, palette, dm.ignore_index), colorize(preds[i], palette)]
+            for i, gt in enumerate(self._batch["mask"].numpy())
+        ]
+        Image.fromarray(prediction_grid(rows)).save(self.dirpath / "val_predictions.png")
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._flush_train(trainer, pl_module)
+        loggers = _wandb_loggers(trainer)
+        if not loggers or not trainer.is_global_zero:
+            return
+        import wandb
+
+        payload = {
+            f"run/{p.stem}": wandb.Image(str(p))
+            for p in (self.dirpath / "curves.png", self.dirpath / "val_predictions.png")
+            if p.is_file()
+        }
+        for lg in loggers:
+            lg.experiment.log(payload)

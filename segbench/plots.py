@@ -17,7 +17,9 @@ __all__ = [
     "overlay",
     "panel",
     "plot_confusion_matrix",
+    "plot_curves",
     "plot_per_class_iou",
+    "prediction_grid",
     "save_palette_png",
 ]
 
@@ -191,3 +193,49 @@ def plot_per_class_iou(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
+    """Loss and mIoU per epoch, train and val, from ``history`` (one dict per epoch with any of
+    ``epoch``, ``train/loss``, ``val/loss``, ``train/mIoU``, ``val/mIoU``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric, scale in ((ax_loss, "loss", 1.0), (ax_iou, "mIoU", 100.0)):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            key = f"{split}/{metric}"
+            points = [(h["epoch"], h[key] * scale) for h in history if h.get(key) is not None]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, style, markersize=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("mIoU (%)" if metric == "mIoU" else "loss")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(title or "training curves", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def prediction_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 4) -> np.ndarray:
+    """Panels (lists of same-height RGB tiles) stacked vertically, separated by white gaps;
+    narrower panels are padded on the right with white."""
+    panels = [panel(list(tiles), gap) for tiles in rows]
+    width = max(p.shape[1] for p in panels)
+    out = []
+    for i, p in enumerate(panels):
+        if p.shape[1] < width:
+            p = np.concatenate([p, np.full((p.shape[0], width - p.shape[1], 3), 255, np.uint8)], 1)
+        if i:
+            out.append(np.full((gap, width, 3), 255, dtype=np.uint8))
+        out.append(p)
+    return np.concatenate(out, axis=0)

@@ -61,6 +61,7 @@ def build_results(
     eval_mode: str = "single-scale",
     inference: dict | None = None,
     duration_s: float | None = None,
+    best_val_miou: float | None = None,
 ) -> dict:
     """Assemble the results record. ``figures`` is ``SegmentationTask.results[split]``."""
     per_class = lambda key: {  # noqa: E731
@@ -90,6 +91,7 @@ def build_results(
             "per_class_dice": per_class("dice"),
             "per_class_acc": per_class("acc"),
         },
+        "best_val_mIoU": _nan_to_none(best_val_miou),
         "confusion_matrix": figures["confusion_matrix"],
         "params": params,
         "gflops": None if gflops is None else round(gflops, 3),

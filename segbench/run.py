@@ -177,6 +177,7 @@ def _evaluate_and_write(
     checkpoint: str | None,
     config: dict,
     start: float,
+    best_val_miou: float | None = None,
 ) -> dict:
     """Evaluate ``task`` on ``split`` (figures summed over all ranks), write ``results.json``
     from rank 0 and print the per-class table; returns the results record."""
@@ -205,6 +206,7 @@ def _evaluate_and_write(
         checkpoint=checkpoint,
         num_images=len(dm.dataset(split)),
         duration_s=time.time() - start,
+        best_val_miou=best_val_miou,
     )
     if trainer.is_global_zero:
         path = write_results(cfg.output_dir, results)
@@ -231,9 +233,11 @@ def train(cfg: DictConfig) -> dict:
     trainer.fit(task, datamodule=dm, ckpt_path=cfg.get("resume"))
 
     ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-    best = None
+    best, best_val = None, None
     if ckpt_cb is not None:
         best = ckpt_cb.best_model_path or ckpt_cb.last_model_path or None
+        if ckpt_cb.best_model_score is not None and ckpt_cb.monitor == "val/mIoU":
+            best_val = float(ckpt_cb.best_model_score)
     if best:  # evaluate the best weights, loaded the same safe way evaluate.py does
         task.load_state_dict(load_checkpoint(best)["state_dict"])
     return _evaluate_and_write(
@@ -246,6 +250,7 @@ def train(cfg: DictConfig) -> dict:
         checkpoint=best,
         config=config,
         start=start,
+        best_val_miou=best_val,
     )
 
 

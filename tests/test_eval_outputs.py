@@ -141,3 +141,29 @@ def test_evaluation_modes_are_recorded_and_a_whole_window_slide_changes_nothing(
     }
     assert tta["confusion_matrix"] != whole["confusion_matrix"]  # other predictions
     assert sum(map(sum, tta["confusion_matrix"])) == sum(map(sum, whole["confusion_matrix"]))
+
+
+def test_a_training_run_draws_its_curves_and_validation_predictions(trained_run):
+    """history.json (what curves.png draws) holds the logged per-epoch figures."""
+    import csv
+
+    history = json.loads((trained_run / "history.json").read_text())
+    logged: dict[int, dict] = {}
+    for row in csv.DictReader((trained_run / "csv" / "metrics.csv").open()):
+        for key, name in (
+            ("train/loss", "train/loss_epoch"),
+            ("train/mIoU", "train/mIoU"),
+            ("val/loss", "val/loss"),
+            ("val/mIoU", "val/mIoU"),
+        ):
+            if row.get(name):
+                logged.setdefault(int(row["epoch"]) + 1, {})[key] = float(row[name])
+    assert [h["epoch"] for h in history] == sorted(logged) == [1, 2]
+    for h in history:
+        for key, value in logged[h["epoch"]].items():
+            assert h[key] == pytest.approx(value, rel=1e-6), (h["epoch"], key)
+    with Image.open(trained_run / "curves.png") as im:
+        assert im.width > 500
+    with Image.open(trained_run / "val_predictions.png") as im:
+        # 8 validation images of 64x64, two batches of 4: image | truth | prediction each
+        assert im.size == (3 * 64 + 2 * 4, 8 * 64 + 7 * 4)
