@@ -1,0 +1,390 @@
+"""How a :class:`~segbench.leaderboard.Leaderboard` is shown: Markdown (GitHub table), CSV
+(``<column>_mean`` and ``<column>_std`` apart, full precision), LaTeX (a booktabs ``table``
+float), a self-contained HTML page (inline CSS, no scripts, no external files) and a
+``wandb.Table`` (the CSV's columns).
+
+Markdown, LaTeX and HTML show ``mean ± std`` (sample std, ddof=1; none for a single run), ``–``
+for an absent value, ``(k/n)`` after a figure that only k of the row's n runs have, and the best
+value of each score column in bold: mIoU, per-class IoU, accuracies, fwIoU and mDice, compared
+at display precision (ties all bold; nothing is bold in a one-row table). Params, GFLOPs and
+images/s are not marked.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from segbench.leaderboard import Column, Leaderboard, Row, Stat
+
+__all__ = [
+    "ABSENT",
+    "RENDERERS",
+    "best_rows",
+    "cell_text",
+    "log_to_wandb",
+    "notes",
+    "scaled",
+    "table_rows",
+    "tex_escape",
+    "to_csv",
+    "to_html",
+    "to_latex",
+    "to_markdown",
+]
+
+ABSENT = "–"  # shown for a value no run has
+STAT_KINDS = ("score", "throughput")  # columns with a mean and a std in CSV
+
+
+def _decimals(board: Leaderboard, column: Column) -> int:
+    return {"score": 2 if board.percent else 4, "throughput": 1, "params": 2}.get(column.kind, 0)
+
+
+def scaled(board: Leaderboard, row: Row, column: Column) -> Stat:
+    """``row``'s statistics for a numeric column in the table's units: scores in percent (or
+    fractions), params in millions.
+
+    Args:
+        board: the table.
+        row: one of its rows.
+        column: a numeric column.
+    """
+    stat = row.stats[column.key]
+    scale = {"score": 100.0 if board.percent else 1.0, "params": 1e-6}.get(column.kind, 1.0)
+    if stat.mean is None or scale == 1.0:
+        return stat
+    return Stat(stat.mean * scale, None if stat.std is None else stat.std * scale, stat.count)
+
+
+def _plain(row: Row, column: Column) -> Any:
+    """The value of a text or integer column."""
+    return {
+        "method": row.method,
+        "n": row.n,
+        "seed": row.seed,
+        "eval_mode": row.eval_mode,
+        "date": row.date,
+    }[column.key]
+
+
+def cell_text(board: Leaderboard, row: Row, column: Column) -> str:
+    """A cell as Markdown, LaTeX and HTML show it (before bold and escaping).
+
+    Args:
+        board: the table.
+        row: one of its rows.
+        column: one of its columns.
+    """
+    if column.kind in ("text", "int"):
+        value = _plain(row, column)
+        return ABSENT if value is None else str(value)
+    stat = scaled(board, row, column)
+    if stat.mean is None:
+        return ABSENT
+    if column.kind == "gflops":
+        return f"{stat.mean:.3g}" if stat.mean < 10 else f"{stat.mean:.1f}"
+    digits = _decimals(board, column)
+    text = f"{stat.mean:.{digits}f}"
+    if column.kind == "params":  # one count per configuration
+        return text
+    if stat.std is not None:
+        text += f" ± {stat.std:.{digits}f}"
+    return text + (f" ({stat.count}/{row.n})" if stat.count < row.n else "")
+
+
+def best_rows(board: Leaderboard, column: Column) -> set[int]:
+    """Indices of the rows with the best value of a score column at display precision (all of
+    them on a tie); empty for other columns and for a one-row table.
+
+    Args:
+        board: the table.
+        column: one of its columns.
+    """
+    if column.kind != "score" or len(board.rows) < 2:
+        return set()
+    shown = {
+        i: round(scaled(board, row, column).mean, _decimals(board, column))
+        for i, row in enumerate(board.rows)
+        if row.stats[column.key].mean is not None
+    }
+    top = max(shown.values(), default=None)
+    return {i for i, value in shown.items() if value == top}
+
+
+def notes(board: Leaderboard) -> list[str]:
+    """What the table shows, for its caption or footnote.
+
+    Args:
+        board: the table.
+    """
+    keys = {c.key for c in board.columns}
+    unit = "%" if board.percent else "fractions of 1"
+    out = [f"{board.title}: IoU per class and scores in {unit}, sorted by mIoU."]
+    if len(board.shown_classes) < len(board.classes):
+        out.append(
+            f"{len(board.shown_classes)} of the {len(board.classes)} classes shown; mIoU is over "
+            f"all {len(board.classes)}."
+        )
+    if board.merged:
+        out.append(
+            "Runs of one configuration that differ only by seed are merged: mean ± sample "
+            "standard deviation (ddof=1) over the row's n runs (no ± for a single run)."
+        )
+    else:
+        out.append("One row per run (not merged over seeds).")
+    if any(r.stats[f"iou/{c}"].count < r.n for r in board.rows for c in board.shown_classes):
+        out.append(
+            f"{ABSENT}: class absent from a run's ground truth and prediction (IoU undefined), "
+            "left out of that class's mean; (k/n): from the k of the row's n runs that have it."
+        )
+    if len(board.rows) > 1:
+        out.append("Bold: best in column (ties all bold).")
+    if keys & {"params", "gflops"}:
+        out.append(
+            "Params in millions; GFLOPs of one single-scale forward pass at the input size "
+            "recorded in results.json (a multiply-add counts 2)."
+        )
+    if "throughput" in keys:
+        out.append("images/s: inference throughput measured by the run.")
+    return out
+
+
+def _cells(board: Leaderboard) -> list[list[tuple[str, bool]]]:
+    """Per row, per column: the text shown and whether it is the column's best."""
+    best = {c.key: best_rows(board, c) for c in board.columns}
+    return [
+        [(cell_text(board, row, c), i in best[c.key]) for c in board.columns]
+        for i, row in enumerate(board.rows)
+    ]
+
+
+# ---------------------------------------------------------------------------------- Markdown
+
+
+def to_markdown(board: Leaderboard) -> str:
+    """A GitHub Markdown table under a ``###`` title, the notes below it.
+
+    Args:
+        board: the table.
+    """
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    lines = [f"### {board.title}", "", line([c.header for c in board.columns])]
+    lines.append("|" + "|".join("---" if c.kind == "text" else "---:" for c in board.columns) + "|")
+    lines += [line([f"**{t}**" if best else t for t, best in row]) for row in _cells(board)]
+    return "\n".join([*lines, "", " ".join(notes(board))]) + "\n"
+
+
+# ---------------------------------------------------------------------------------- CSV / W&B
+
+
+def table_rows(board: Leaderboard) -> tuple[list[str], list[list[Any]]]:
+    """Column names and typed values (numbers, strings or None) of the CSV file and the W&B
+    table: scores and images/s as ``<name>_mean``, ``<name>_std`` (``iou_<class>_...`` for a
+    class; std None for a single run), params as a count, then kind and the runs' paths.
+
+    Args:
+        board: the table.
+    """
+    names = ["method", "model", "backbone", "variant"]
+    for column in board.columns[1:]:
+        if column.kind in STAT_KINDS:
+            names += [f"{column.csv_name}_mean", f"{column.csv_name}_std"]
+        else:
+            names.append(column.csv_name)
+    data = []
+    for row in board.rows:
+        values: list[Any] = [row.method, row.model, row.backbone, row.variant]
+        for column in board.columns[1:]:
+            if column.kind in STAT_KINDS:
+                stat = scaled(board, row, column)
+                values += [stat.mean, stat.std]
+            elif column.kind in ("params", "gflops"):
+                mean = row.stats[column.key].mean
+                values.append(round(mean) if column.kind == "params" and mean is not None else mean)
+            else:
+                values.append(_plain(row, column))
+        data.append([*values, row.kind, ";".join(row.sources)])
+    return [*names, "kind", "runs"], data
+
+
+def to_csv(board: Leaderboard) -> str:
+    """CSV with a header row; absent values are empty fields.
+
+    Args:
+        board: the table.
+    """
+    names, data = table_rows(board)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(names)
+    writer.writerows([["" if v is None else v for v in values] for values in data])
+    return buffer.getvalue()
+
+
+def log_to_wandb(
+    boards: Sequence[Leaderboard], project: str = "segbench", out_dir: str | Path = "."
+) -> str:
+    """Log each table as a ``wandb.Table`` (the CSV's columns) under ``leaderboard/<name>`` in
+    one W&B run with ``job_type=leaderboard``: online with a W&B key, else offline under
+    ``<out_dir>/wandb`` (``WANDB_MODE`` wins). Returns the run's files directory.
+
+    Args:
+        boards: the tables.
+        project: ``ENTITY/PROJECT`` or ``PROJECT``.
+        out_dir: where W&B keeps its files.
+    """
+    import wandb
+
+    from segbench.loggers import wandb_mode
+
+    entity, _, name = project.rpartition("/")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    run = wandb.init(
+        project=name,
+        entity=entity or None,
+        mode=wandb_mode("auto"),
+        dir=str(out_dir),
+        job_type="leaderboard",
+        name="leaderboard",
+    )
+    try:
+        for board in boards:
+            columns, data = table_rows(board)
+            run.log({f"leaderboard/{board.name}": wandb.Table(columns=columns, data=data)})
+        return str(run.dir)
+    finally:
+        run.finish()
+
+
+# ---------------------------------------------------------------------------------- LaTeX
+
+_TEX = {
+    "\\": r"\textbackslash{}",
+    **{c: "\\" + c for c in "&%$#_{}"},
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "–": "--",
+    "…": r"\ldots{}",
+}
+_TEX_PATTERN = re.compile("|".join(map(re.escape, _TEX)))
+
+
+def tex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped (``±`` as ``$\\pm$``, ``–`` as ``--``).
+
+    Args:
+        text: plain text.
+    """
+    return _TEX_PATTERN.sub(lambda m: _TEX[m.group()], text)
+
+
+def to_latex(board: Leaderboard) -> str:
+    """A ``table`` float: a booktabs ``tabular`` with class names rotated, scaled to the line
+    width, the notes as caption, label ``tab:<name>``; needs ``booktabs`` and ``graphicx``.
+
+    Args:
+        board: the table.
+    """
+    heads = [
+        f"\\rotatebox{{90}}{{{tex_escape(c.header)}}}" if c.is_class else tex_escape(c.header)
+        for c in board.columns
+    ]
+    lines = [
+        f"% segbench leaderboard: {tex_escape(board.title)}",
+        "% needs \\usepackage{booktabs} and \\usepackage{graphicx} (\\rotatebox, \\resizebox)",
+        "\\begin{table}[t]",
+        "\\centering",
+        f"\\caption{{{tex_escape(' '.join(notes(board)))}}}",
+        f"\\label{{tab:{board.name.replace('_', '-')}}}",
+        "\\resizebox{\\linewidth}{!}{%",
+        "\\begin{tabular}{"
+        + "".join("l" if c.kind == "text" else "r" for c in board.columns)
+        + "}",
+        "\\toprule",
+        " & ".join(heads) + " \\\\",
+        "\\midrule",
+    ]
+    for row in _cells(board):
+        cells = [f"\\textbf{{{tex_escape(t)}}}" if best else tex_escape(t) for t, best in row]
+        lines.append(" & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}%", "}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------- HTML
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; font-size: 0.9em;
+        border-top: 2px solid #222; border-bottom: 2px solid #222; }
+th, td { padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }
+th.text, td.text { text-align: left; }
+thead th { border-bottom: 1px solid #222; vertical-align: bottom; }
+thead th.class { writing-mode: vertical-rl; transform: rotate(180deg); }
+tbody tr:nth-child(even) { background: #f4f4f4; }
+td.best { background: #e3f1e3; }
+.notes { font-size: 0.85em; color: #555; max-width: 60em; }
+"""
+
+
+def to_html(board: Leaderboard) -> str:
+    """A self-contained HTML page: a title with dataset and split, the table (class names in
+    ``<th class="class">``, best cells in ``<b>``, a row's runs in its method cell's tooltip)
+    and the notes.
+
+    Args:
+        board: the table.
+    """
+    esc = html.escape
+    title = f"segbench leaderboard: {board.title}"
+    kinds = [
+        "class" if c.is_class else "text" if c.kind == "text" else "num" for c in board.columns
+    ]
+    heads = "".join(
+        f'<th class="{k}" scope="col">{esc(c.header)}</th>' for c, k in zip(board.columns, kinds)
+    )
+    body = []
+    for row, cells in zip(board.rows, _cells(board)):
+        tds = []
+        for column, (text, best) in zip(board.columns, cells):
+            css = ("text" if column.kind == "text" else "num") + (" best" if best else "")
+            tip = f' title="{esc(chr(10).join(row.sources))}"' if column.key == "method" else ""
+            inner = f"<b>{esc(text)}</b>" if best else esc(text)
+            tds.append(f'<td class="{css}"{tip}>{inner}</td>')
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    items = "".join(f"<li>{esc(note)}</li>" for note in notes(board))
+    page = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        f'<head><meta charset="utf-8"><title>{esc(title)}</title><style>{_CSS}</style></head>',
+        "<body>",
+        f"<h1>{esc(title)}</h1>",
+        "<table>",
+        f"<thead><tr>{heads}</tr></thead>",
+        "<tbody>",
+        *body,
+        "</tbody>",
+        "</table>",
+        f'<ul class="notes">{items}</ul>',
+        "</body>",
+        "</html>",
+    ]
+    return "\n".join(page) + "\n"
+
+
+RENDERERS: dict[str, Callable[[Leaderboard], str]] = {
+    "md": to_markdown,
+    "csv": to_csv,
+    "tex": to_latex,
+    "html": to_html,
+}
