@@ -10,9 +10,11 @@ from segbench.run import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     results = train(cfg)
-    return results["metrics"]["mIoU"]  # the value Hydra sweepers (e.g. Optuna) optimise
+    # what sweepers optimise (hydra/sweeper=search maximises it): the best validation mIoU,
+    # never a test figure; None when no val/mIoU checkpoint was kept
+    return results["best_val_mIoU"]
 
 
 if __name__ == "__main__":
