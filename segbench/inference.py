@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MODES", "Inference", "crf_owner", "sliding_windows"]
+__all__ = ["MODES", "Inference", "crf_owner", "eval_mode", "sliding_windows"]
 
 MODES = ("whole", "slide")
 
@@ -244,3 +244,16 @@ class Inference:
         if uncertainty is not None:
             uncertainty = uncertainty / self.passes  # (B, H, W)
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log(), uncertainty
+
+
+def eval_mode(model_cfg: dict, inference: Inference | None = None) -> str:
+    """How predictions are made, as results and leaderboards label it: the inference's label
+    (``single-scale``, ``slide``, ``ms+flip`` ...), then the model's post-processing and
+    sampling (``+CRF``, ``+MC-dropout xN``), from the model config."""
+    net = model_cfg.get("segmenter") or model_cfg  # GAN-seg evaluates its segmenter
+    mode = inference.label if inference is not None else "single-scale"
+    if net.get("crf"):
+        mode += "+CRF"
+    if net.get("mc_samples"):
+        mode += f"+MC-dropout x{net['mc_samples']}"
+    return mode

@@ -22,7 +22,7 @@ from segbench.checkpoint import CheckpointError, load_checkpoint
 from segbench.complexity import count_flops, segmenter_of
 from segbench.data.datamodule import SegDataModule
 from segbench.data.stats import class_weights
-from segbench.inference import Inference
+from segbench.inference import eval_mode
 from segbench.models.base import count_parameters
 from segbench.models.ganseg import GANSeg
 from segbench.results import RESULTS_FILE, build_results, format_table, write_results
@@ -147,18 +147,6 @@ def _build_trainer(cfg: DictConfig, model: torch.nn.Module | None = None) -> pl.
     )
 
 
-def _eval_mode(model_cfg: dict, inference: Inference | None = None) -> str:
-    """How predictions are made, as leaderboards label it: single-scale / slide / ms+flip ...,
-    then post-processing and sampling."""
-    net = model_cfg.get("segmenter") or model_cfg  # GAN-seg evaluates its segmenter
-    mode = inference.label if inference is not None else "single-scale"
-    if net.get("crf"):
-        mode += "+CRF"
-    if net.get("mc_samples"):
-        mode += f"+MC-dropout x{net['mc_samples']}"
-    return mode
-
-
 def _inference_record(cfg: dict | None) -> dict | None:
     """The inference settings as ``results.json`` keeps them (without ``_target_``)."""
     if not cfg:
@@ -197,7 +185,7 @@ def _evaluate_and_write(
         ignore_index=dm.ignore_index,
         figures=task.results[split],
         params=count_parameters(segmenter_of(task.model)),
-        eval_mode=_eval_mode(model_cfg, task.inference),
+        eval_mode=eval_mode(model_cfg, task.inference),
         inference=_inference_record(config.get("inference")),
         gflops=flops / 1e9,
         flops_input_size=size,

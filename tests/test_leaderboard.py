@@ -491,7 +491,7 @@ class _FakeRun:
 
 def test_records_from_wandb_runs(tmp_path):
     """Without a W&B server: the conversion of a run's config and summary, on fake runs."""
-    from segbench.leaderboard import records_from_wandb
+    from segbench.leaderboard_wandb import records_from_wandb
 
     record = make_record(tmp_path, model="deeplabv1", backbone="vgg16", dataset="pets",
                          classes=PETS, iou=[0.9, 0.5, NAN], split="val")  # fmt: skip
