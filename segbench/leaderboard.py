@@ -25,9 +25,7 @@ and self-contained HTML (``segbench.leaderboard_formats``). The rules:
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import math
 import os
 import re
 import statistics
@@ -35,10 +33,16 @@ import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from segbench.leaderboard_records import (
+    SCORES,
+    _parse_date,
+    _throughput,
+    check_record,
+    collect,
+)
 from segbench.results import RESULTS_FILE
 
 __all__ = [
@@ -60,7 +64,6 @@ __all__ = [
 ]
 
 FORMATS = ("md", "csv", "tex", "html")
-SCORES = ("mIoU", "pixel_acc", "mean_acc", "fwIoU", "mDice")  # fractions in [0, 1]
 # column choices, in table order ("classes": one IoU column per class)
 METRIC_CHOICES = (
     *("mIoU", "classes", "pixel_acc", "mean_acc", "fwIoU", "mDice"),
@@ -86,160 +89,10 @@ RUN_IDENTITY_KEYS = (
     *("callbacks", "logger", "dataset.source.root", "dataset.num_workers"),
     *("trainer.enable_progress_bar", "trainer.log_every_n_steps"),
 )
-REQUIRED = ("model", "backbone", "dataset", "split", "classes", "metrics")
 
 
 class LeaderboardWarning(UserWarning):
     """A record that :func:`build_tables` skipped."""
-
-
-# ---------------------------------------------------------------------------------- reading
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _fraction_problem(name: str, value: Any, optional: bool) -> list[str]:
-    if (value is None and optional) or (_is_number(value) and 0.0 <= value <= 1.0):
-        return []
-    return [f"{name} must be a number in [0, 1]{' or null' if optional else ''}, got {value!r}"]
-
-
-def _parse_date(text: str) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
-def _throughput(record: dict) -> Any:
-    """Images/s: ``throughput`` as a number or ``{"images_per_s": number}``."""
-    value = record.get("throughput")
-    return value.get("images_per_s") if isinstance(value, dict) else value
-
-
-_OPTIONAL = (  # key, test, what is expected (null is always accepted)
-    ("eval_mode", lambda v: isinstance(v, str), "a string"),
-    ("kind", lambda v: isinstance(v, str), "a string"),
-    ("seed", lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    ("params", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    ("gflops", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    ("config", lambda v: isinstance(v, dict), "an object"),
-    ("created", lambda v: isinstance(v, str), "an ISO 8601 time"),
-)
-
-
-def check_record(record: Any) -> list[str]:
-    """What makes ``record`` unusable as a leaderboard row; an empty list when it is valid.
-
-    Args:
-        record: a parsed ``results.json``.
-    """
-    if not isinstance(record, dict):
-        return [f"expected a JSON object, got {type(record).__name__}"]
-    metrics = record.get("metrics")
-    missing = [k for k in REQUIRED if k not in record]
-    if isinstance(metrics, dict):
-        missing += [f"metrics.{k}" for k in ("mIoU", "per_class_iou") if k not in metrics]
-    if missing:
-        return [f"missing keys: {', '.join(missing)}"]
-    problems = [
-        f"{k} must be a non-empty string, got {record[k]!r}"
-        for k in ("model", "backbone", "dataset", "split")
-        if not isinstance(record[k], str) or not record[k]
-    ]
-    classes = record["classes"]
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        problems.append(f"classes must be a non-empty list of names, got {classes!r}")
-        classes = None
-    elif len(set(classes)) != len(classes):
-        problems.append(f"classes has duplicate names: {classes}")
-    elif record.get("num_classes", len(classes)) != len(classes):
-        problems.append(f"num_classes is {record['num_classes']!r} but classes has {len(classes)}")
-    if not isinstance(metrics, dict):
-        return [*problems, f"metrics must be an object, got {type(metrics).__name__}"]
-    for key in SCORES:
-        if key in metrics:
-            problems += _fraction_problem(f"metrics.{key}", metrics[key], key != "mIoU")
-    per_class = metrics["per_class_iou"]
-    if not isinstance(per_class, dict):
-        problems.append(f"metrics.per_class_iou must be an object, got {per_class!r}")
-    elif classes:
-        lacking = [c for c in classes if c not in per_class]
-        extra = [c for c in per_class if c not in classes]
-        if lacking or extra:
-            problems.append(
-                "metrics.per_class_iou keys do not match classes"
-                + (f"; missing {lacking}" if lacking else "")
-                + (f"; not in classes {extra}" if extra else "")
-            )
-        for name, value in per_class.items():
-            problems += _fraction_problem(f"metrics.per_class_iou[{name!r}]", value, True)
-    for key, ok, expected in _OPTIONAL:
-        if record.get(key) is not None and not ok(record[key]):
-            problems.append(f"{key} must be {expected} or null, got {record[key]!r}")
-    value = _throughput(record)
-    if value is not None and not (_is_number(value) and value >= 0):
-        problems.append(f"throughput must be images/s (a number >= 0) or null, got {value!r}")
-    if isinstance(record.get("created"), str):
-        try:
-            _parse_date(record["created"])
-        except ValueError:
-            problems.append(f"created must be an ISO 8601 time, got {record['created']!r}")
-    return problems
-
-
-def _files_under(path: Path, from_glob: bool) -> list[Path]:
-    if path.is_dir():
-        return sorted(path.rglob(RESULTS_FILE))
-    if path.is_file() and (not from_glob or path.name == RESULTS_FILE):
-        return [path]
-    return []
-
-
-def collect(paths: Sequence[str | Path] | str | Path) -> tuple[list[dict], list[str]]:
-    """Every ``results.json`` under run dirs, multirun dirs, files or globs, parsed and checked.
-
-    Args:
-        paths: directories (searched recursively), files (any name when named explicitly) and
-            glob patterns (``**`` allowed; files they match must be named ``results.json``).
-
-    Returns:
-        ``(records, problems)``: the valid records in path order, each with its file under
-        ``"_source"``; one message per broken, partial or unreadable file (named by path and
-        skipped) and per path that holds no results.
-    """
-    problems: list[str] = []
-    files: dict[Path, Path] = {}  # resolved -> as found, in order
-    for given in [paths] if isinstance(paths, (str, Path)) else paths:
-        text = str(given)
-        if re.search(r"[*?[]", text):
-            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
-            found = [f for m in matches for f in _files_under(m, from_glob=True)]
-        elif not Path(text).exists():
-            problems.append(f"{text}: no such file or directory")
-            continue
-        else:
-            found = _files_under(Path(text), from_glob=False)
-        if not found:
-            problems.append(f"{text}: no {RESULTS_FILE} found")
-        for path in found:
-            files.setdefault(path.resolve(), path)
-    records = []
-    for path in files.values():
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            problems.append(f"{path}: skipped: not valid JSON ({err})")
-            continue
-        except (OSError, UnicodeDecodeError) as err:
-            problems.append(f"{path}: skipped: cannot be read ({err})")
-            continue
-        found_problems = check_record(record)
-        if found_problems:
-            problems.append(f"{path}: skipped: {'; '.join(found_problems)}")
-        else:
-            records.append({**record, "_source": str(path)})
-    return records, problems
 
 
 # ---------------------------------------------------------------------------------- merging
