@@ -105,16 +105,32 @@ def save_palette_png(mask: np.ndarray, palette: Sequence[Sequence[int]], path: P
     return path
 
 
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path, dpi: int = 120) -> Path:
+    """Write ``fig`` to ``path`` (creating its directory) and free it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_confusion_matrix(
     confmat: np.ndarray, class_names: Sequence[str], path: Path, title: str = ""
 ) -> Path:
     """Heatmap of the row-normalised confusion matrix (rows: ground truth, columns:
     prediction; each row sums to 1 over the pixels of that class), with the values written in
     the cells when there are few classes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     cm = np.asarray(confmat, dtype=np.float64)
     rows = cm.sum(axis=1, keepdims=True)
@@ -143,11 +159,7 @@ def plot_confusion_matrix(
                     )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the row's pixels")
     ax.set_title(title or "confusion matrix (row-normalised)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_per_class_iou(
@@ -159,10 +171,7 @@ def plot_per_class_iou(
 ) -> Path:
     """Horizontal bars of per-class IoU (%) in the dataset's colours, with the mean as a line;
     classes without a value (absent from ground truth and prediction) are marked n/a."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     values = np.array([np.nan if v is None else float(v) for v in iou], dtype=np.float64) * 100
     k = len(class_names)
@@ -188,20 +197,13 @@ def plot_per_class_iou(
     ax.set_xlim(0, 105)
     ax.set_xlabel("IoU (%)")
     ax.set_title(title or "per-class IoU", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
     """Loss and mIoU per epoch, train and val, from ``history`` (one dict per epoch with any of
     ``epoch``, ``train/loss``, ``val/loss``, ``train/mIoU``, ``val/mIoU``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
     fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -219,11 +221,7 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
         if ax.lines:
             ax.legend(fontsize=8)
     fig.suptitle(title or "training curves", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=110)
 
 
 def prediction_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 4) -> np.ndarray:

@@ -28,7 +28,7 @@ from segbench.models.ganseg import GANSeg
 from segbench.results import RESULTS_FILE, build_results, format_table, write_results
 from segbench.task import SegmentationTask
 
-__all__ = ["build_model", "evaluate", "train"]
+__all__ = ["build_model", "evaluate", "resolve_class_weights", "train"]
 
 # keys of a model config that describe it or configure its training rather than go to its
 # constructor (a GAN-seg config also holds a whole segmenter model config)
@@ -73,7 +73,7 @@ def _build_datamodule(dataset_cfg: DictConfig, splits: list[str]) -> SegDataModu
     return dm
 
 
-def _resolve_class_weights(loss_cfg: DictConfig, dm: SegDataModule) -> None:
+def resolve_class_weights(loss_cfg: DictConfig, dm: SegDataModule) -> None:
     """Replace every ``class_weights: <weighting name>`` in ``loss_cfg`` by the weights computed
     over the training split, so that the run's config and checkpoint record the numbers."""
     for key in list(loss_cfg.keys()):
@@ -81,9 +81,9 @@ def _resolve_class_weights(loss_cfg: DictConfig, dm: SegDataModule) -> None:
         if isinstance(value, ListConfig):
             for item in value:
                 if isinstance(item, DictConfig):
-                    _resolve_class_weights(item, dm)
+                    resolve_class_weights(item, dm)
         elif isinstance(value, DictConfig):
-            _resolve_class_weights(value, dm)
+            resolve_class_weights(value, dm)
         elif key == "class_weights" and isinstance(value, str):
             weights = class_weights(dm.dataset("train"), value)
             with open_dict(loss_cfg):
@@ -210,7 +210,7 @@ def train(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
 
     dm = _build_datamodule(cfg.dataset, ["train", "val", cfg.dataset.eval_split])
-    _resolve_class_weights(cfg.loss, dm)
+    resolve_class_weights(cfg.loss, dm)
     config = OmegaConf.to_container(cfg, resolve=True)
     task = _build_task(cfg, dm, build_model(cfg.model), run_config=config)
     trainer = _build_trainer(cfg, task.model)

@@ -38,13 +38,13 @@ def measure(cfg, batches: int = 20, warmup: int = 3) -> dict:
     """The three rates of ``cfg`` (a composed ``conf/train.yaml``)."""
     from hydra.utils import instantiate
 
-    from segbench.run import _resolve_class_weights, build_model
+    from segbench.run import build_model, resolve_class_weights
 
     dm = instantiate(cfg.dataset)
     dm.setup("fit")
     loader = dm.train_dataloader()
     model = build_model(cfg.model)
-    _resolve_class_weights(cfg.loss, dm)  # e.g. median_frequency: computed once, then cached
+    resolve_class_weights(cfg.loss, dm)  # e.g. median_frequency: computed once, then cached
     loss_fn = instantiate(cfg.loss)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     model.train()

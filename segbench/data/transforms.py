@@ -157,8 +157,9 @@ class SegTransform:
         if self.pipeline is None:
             return image, mask
         dtype = mask.dtype
-        # albumentations' resizers want a cv2-friendly mask dtype; labels fit in int32
-        out = self.pipeline(image=image, mask=mask.astype(np.int32, copy=False))
+        if dtype not in (np.uint8, np.uint16, np.int32):  # what cv2 resizes; labels fit int32
+            mask = mask.astype(np.int32)
+        out = self.pipeline(image=image, mask=mask)
         return out["image"], out["mask"].astype(dtype, copy=False)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
