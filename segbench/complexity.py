@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -21,7 +20,6 @@ from segbench.models.base import count_parameters
 
 __all__ = ["PAPER_CONFIGS", "PaperConfig", "count_flops", "main", "measure", "segmenter_of"]
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 # the FCN paper's head: fc6 as a 7x7 conv with 4096 channels, fc7 1x1 4096, dropout 0.5
 _FCN_PAPER = ["backbone=vgg16", "model.fc_channels=4096", "model.fc_kernel=7", "model.dropout=0.5"]
@@ -121,12 +119,9 @@ def count_flops(
 
 
 def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from segbench.config import compose_train_config
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=[*overrides, "output_dir=."])
+    return compose_train_config(overrides)
 
 
 def measure(config: PaperConfig, input_size: tuple[int, int]) -> dict:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +27,6 @@ from segbench.inference import Inference, crf_owner, sliding_windows
 
 __all__ = ["bench_modes", "format_markdown", "main", "run_benchmark"]
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 MS_SCALES = (0.75, 1.0, 1.25)
 MS_FLIP_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
@@ -138,12 +136,9 @@ def format_markdown(rows: list[dict]) -> str:
 
 
 def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from segbench.config import compose_train_config
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=[*overrides, "output_dir=."])
+    return compose_train_config(overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

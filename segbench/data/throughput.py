@@ -99,7 +99,7 @@ def measure(cfg, batches: int = 20, warmup: int = 3) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from segbench.data.cli import compose_train_config
+    from segbench.config import compose_train_config
 
     parser = argparse.ArgumentParser(
         prog="python -m segbench.data.throughput",

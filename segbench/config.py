@@ -1,5 +1,6 @@
-"""Shared plumbing of the data commands (``python -m segbench.data.check|stats|preview``): they
-take the same ``dataset=... key=value`` overrides as ``train.py``, composed from ``conf/``."""
+"""``conf/train.yaml`` composed outside a Hydra app, for the commands that take the same
+``group=option key=value`` overrides as ``train.py`` (``python -m segbench.data.check``,
+``segbench.complexity``, ``segbench.inference_bench`` ...)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from omegaconf import DictConfig
 
 __all__ = ["CONF", "compose_train_config"]
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose_train_config(overrides: list[str]) -> DictConfig:
