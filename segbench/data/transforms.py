@@ -39,22 +39,15 @@ class ToTensorNormalize:
     Args:
         mean: per-channel mean in [0, 1] units.
         std: per-channel standard deviation in [0, 1] units.
-        hflip: probability of a horizontal flip (applied to image and mask together).
     """
 
     def __init__(
-        self,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        hflip: float = 0.0,
+        self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
     ) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255
-        self.hflip = hflip
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.hflip > 0 and np.random.random() < self.hflip:
-            image, mask = image[:, ::-1], mask[:, ::-1]
         img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
         img = (img - self.mean) / self.std
         return img, torch.from_numpy(np.ascontiguousarray(mask)).long()
