@@ -62,6 +62,7 @@ def build_results(
     inference: dict | None = None,
     duration_s: float | None = None,
     best_val_miou: float | None = None,
+    throughput: dict | None = None,
 ) -> dict:
     """Assemble the results record. ``figures`` is ``SegmentationTask.results[split]``."""
     per_class = lambda key: {  # noqa: E731
@@ -99,6 +100,7 @@ def build_results(
         "seed": seed,
         "created": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
         "duration_s": None if duration_s is None else round(duration_s, 2),
+        "throughput": throughput,
         "checkpoint": checkpoint,
         "segbench_version": __version__,
         "git_commit": git["commit"],

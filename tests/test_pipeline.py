@@ -23,6 +23,7 @@ SCHEMA_KEYS = {
     "dataset",
     "split",
     "eval_mode",
+    "inference",
     "classes",
     "num_classes",
     "ignore_index",
@@ -33,6 +34,8 @@ SCHEMA_KEYS = {
     "seed",
     "created",
     "duration_s",
+    "throughput",
+    "best_val_mIoU",
     "checkpoint",
     "segbench_version",
     "git_commit",
@@ -67,6 +70,9 @@ def test_train_cli_writes_results_and_checkpoints(trained_run):
     )
     assert res["config"]["model"]["num_classes"] == 7  # resolved, not "${dataset.num_classes}"
     assert res["created"][:4].isdigit() and "T" in res["created"]
+    tp = res["throughput"]  # the final evaluation's images/s, as leaderboards show it
+    assert tp["images_per_s"] > 0 and tp["processes"] == 1 and tp["batch_size"] == 4
+    assert res["num_images"] / tp["images_per_s"] < res["duration_s"]
     ckpt = Path(res["checkpoint"])
     assert ckpt.name == "best.ckpt" and (ckpt.parent / "last.ckpt").is_file()
     # safe loading: the checkpoint holds tensors and plain containers only
