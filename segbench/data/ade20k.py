@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.data.base import FilePairDataset, label_values
+from segbench.data.base import FilePairDataset, dataset_root, label_values
 
 __all__ = ["SPLIT_DIRS", "ADE20KDataset", "reduce_zero_label_lut"]
 
@@ -73,14 +73,10 @@ class ADE20KDataset(FilePairDataset):
             )
         if reduce_zero_label and ignore_index is None:
             raise ValueError("reduce_zero_label needs an ignore_index for raw label 0")
-        self.root = Path(root).expanduser()
+        self.root = dataset_root(root, "ADE20K root", LAYOUT)
         self.split = split
         self.reduce_zero_label = bool(reduce_zero_label)
         self.lut = reduce_zero_label_lut(ignore_index) if self.reduce_zero_label else None
-        if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"ADE20K root {str(self.root.absolute())!r} does not exist; {LAYOUT}"
-            )
         sub = SPLIT_DIRS[split]
         image_dir, mask_dir = self.root / "images" / sub, self.root / "annotations" / sub
         for d in (image_dir, mask_dir):

@@ -216,6 +216,15 @@ class SegmentationDataset(Dataset, ABC):
         return {"image": image, "mask": mask, "name": name}
 
 
+def dataset_root(root: str | Path, what: str, layout: str) -> Path:
+    """``root`` as a path, or ``FileNotFoundError`` naming the absolute directory that was
+    expected (``what``, e.g. ``"CamVid root"``) and the official ``layout``."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} {str(path.absolute())!r} does not exist; {layout}")
+    return path
+
+
 def read_image(path: Path) -> np.ndarray:
     """Decode ``path`` as ``uint8 (H, W, 3)`` RGB; a missing or broken file raises
     :class:`DataError` naming it."""

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from segbench.data.base import FilePairDataset, unpaired
+from segbench.data.base import FilePairDataset, dataset_root, unpaired
 
 __all__ = ["CamVidDataset"]
 
@@ -58,12 +58,8 @@ class CamVidDataset(FilePairDataset):
         transform: Callable | None = None,
     ) -> None:
         super().__init__(num_classes, ignore_index, transform)
-        self.root = Path(root).expanduser()
+        self.root = dataset_root(root, "CamVid root", LAYOUT)
         self.split = split
-        if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"CamVid root {str(self.root.absolute())!r} does not exist; {LAYOUT}"
-            )
         split_file = self.root / f"{split}.txt"
         if not split_file.is_file():
             present = sorted(p.stem for p in self.root.glob("*.txt"))

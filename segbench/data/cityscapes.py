@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import Cityscapes
 
-from segbench.data.base import DataError, FilePairDataset, label_values, read_image
+from segbench.data.base import DataError, FilePairDataset, dataset_root, label_values, read_image
 
 __all__ = [
     "CLASS_NAMES",
@@ -99,14 +99,10 @@ class CityscapesDataset(FilePairDataset):
                 f"Cityscapes split must be 'train' or 'val', got {split!r} (the test split has "
                 "no public labels)"
             )
-        self.root = Path(root).expanduser()
+        self.root = dataset_root(root, "Cityscapes root", LAYOUT)
         self.split = split
         self.label_files = label_files
         self.lut = train_id_lut(ignore_index if ignore_index is not None else 255)
-        if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"Cityscapes root {str(self.root.absolute())!r} does not exist; {LAYOUT}"
-            )
         for sub in ("leftImg8bit", "gtFine"):
             if not (self.root / sub / split).is_dir():
                 raise FileNotFoundError(

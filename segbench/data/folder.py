@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.data.base import FilePairDataset, unpaired
+from segbench.data.base import FilePairDataset, dataset_root, unpaired
 
 __all__ = ["FolderDataset"]
 
@@ -57,12 +57,8 @@ class FolderDataset(FilePairDataset):
         transform: Callable | None = None,
     ) -> None:
         super().__init__(num_classes, ignore_index, transform)
-        self.root = Path(root).expanduser()
+        self.root = dataset_root(root, "dataset root", LAYOUT)
         self.split = split
-        if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"dataset root {str(self.root.absolute())!r} does not exist; {LAYOUT}"
-            )
         for sub in ("images", "masks"):
             if not (self.root / sub).is_dir():
                 raise FileNotFoundError(

@@ -53,7 +53,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segbench.data.base import DataError, FilePairDataset, label_values, read_label_png
+from segbench.data.base import (
+    DataError,
+    FilePairDataset,
+    dataset_root,
+    label_values,
+    read_label_png,
+)
 
 __all__ = [
     "VOC_CLASSES",
@@ -162,11 +168,7 @@ def _splits_on_disk(root: Path) -> list[str]:
 def check_voc_root(root: Path) -> None:
     """Raise ``FileNotFoundError`` naming the directory and the layout if ``root`` is not a
     VOC 2012 directory."""
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"VOC root {str(root.absolute())!r} does not exist; {VOC_LAYOUT} "
-            "(set data_root or dataset.source.root)"
-        )
+    dataset_root(root, "VOC root", f"{VOC_LAYOUT} (set data_root or dataset.source.root)")
     for sub in ("JPEGImages", "SegmentationClass", str(SPLITS_DIR)):
         if not (root / sub).is_dir():
             raise FileNotFoundError(
@@ -177,8 +179,7 @@ def check_voc_root(root: Path) -> None:
 def check_sbd_root(root: Path) -> None:
     """Raise ``FileNotFoundError`` naming the directory and the layout if ``root`` is not the
     ``benchmark_RELEASE/dataset`` directory of SBD."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"SBD root {str(root.absolute())!r} does not exist; {SBD_LAYOUT}")
+    dataset_root(root, "SBD root", SBD_LAYOUT)
     for sub in ("cls", "train.txt", "val.txt"):
         if not (root / sub).exists():
             raise FileNotFoundError(f"SBD root {str(root.absolute())!r} has no {sub}; {SBD_LAYOUT}")
