@@ -15,7 +15,7 @@ from typing import Any
 
 from segbench.results import RESULTS_FILE
 
-__all__ = ["REQUIRED", "SCORES", "check_record", "collect"]
+__all__ = ["REQUIRED", "SCORES", "accept", "check_record", "collect"]
 
 SCORES = ("mIoU", "pixel_acc", "mean_acc", "fwIoU", "mDice")  # fractions in [0, 1]
 REQUIRED = ("model", "backbone", "dataset", "split", "classes", "metrics")
@@ -159,9 +159,15 @@ def collect(paths: Sequence[str | Path] | str | Path) -> tuple[list[dict], list[
         except (OSError, UnicodeDecodeError) as err:
             problems.append(f"{path}: skipped: cannot be read ({err})")
             continue
-        found_problems = check_record(record)
-        if found_problems:
-            problems.append(f"{path}: skipped: {'; '.join(found_problems)}")
-        else:
-            records.append({**record, "_source": str(path)})
+        accept(record, str(path), records, problems)
     return records, problems
+
+
+def accept(record: Any, source: str, records: list[dict], problems: list[str]) -> None:
+    """Append ``record`` (tagged with its ``source``) to ``records`` if :func:`check_record`
+    finds nothing, else a message naming ``source`` to ``problems``."""
+    found = check_record(record)
+    if found:
+        problems.append(f"{source}: skipped: {'; '.join(found)}")
+    else:
+        records.append({**record, "_source": source})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from segbench.inference import Inference, eval_mode
-from segbench.leaderboard_records import SCORES, _is_number, check_record
+from segbench.leaderboard_records import SCORES, _is_number, accept
 
 __all__ = ["record_from_wandb_run", "records_from_wandb"]
 
@@ -93,9 +93,5 @@ def records_from_wandb(project: str, *, api: Any = None) -> tuple[list[dict], li
         except (ValueError, TypeError, AttributeError) as err:
             problems.append(f"{source}: skipped: {err}")
             continue
-        found = check_record(record)
-        if found:
-            problems.append(f"{source}: skipped: {'; '.join(found)}")
-        else:
-            records.append(record)
+        accept(record, source, records, problems)
     return records, problems
