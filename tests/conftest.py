@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from segbench.engine.config import CONF, compose
+
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+__all__ = ["CONF", "ROOT", "compose_config", "make_folder_dataset", "run_cli"]
 
 
 @pytest.fixture(autouse=True)
@@ -28,9 +28,7 @@ def _no_network_loggers(monkeypatch, tmp_path):
 
 def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
     """Compose ``conf/<name>.yaml`` as Hydra would, with the run directory set to ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=name, overrides=[*overrides, f"output_dir={output_dir}"])
+    return compose(name, overrides, output_dir)
 
 
 def run_cli(script: str, *args: str, cwd: Path, env: dict | None = None, check: bool = True):

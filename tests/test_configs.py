@@ -10,8 +10,8 @@ from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from segbench.complexity import segmenter_of
-from segbench.run import build_model
+from segbench.engine.build import build_model
+from segbench.models.base import segmenter_of
 from tests.conftest import CONF, compose_config, make_folder_dataset
 from tests.fixtures.ade20k import write_ade20k
 from tests.fixtures.camvid import write_camvid

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segbench.crf import IMAGENET_MEAN, IMAGENET_STD, DenseCRF
+from segbench.inference.crf import IMAGENET_MEAN, IMAGENET_STD, DenseCRF
 
 EXACT = {"exact_max_pixels": 10**6}  # dense O(N^2) bilateral message
 LATTICE = {"exact_max_pixels": 0}  # permutohedral-lattice approximation
@@ -192,8 +192,8 @@ def test_defaults_and_validation():
 
 def test_fallback_code_paths_match(monkeypatch):
     """Chunked, uncached exact kernel and unpacked lattice keys give the same answers."""
-    import segbench.crf as crf_module
-    import segbench.permutohedral as lattice_module
+    import segbench.inference.crf as crf_module
+    import segbench.inference.permutohedral as lattice_module
 
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(2, 3, 10, 12, generator=gen)

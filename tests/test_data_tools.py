@@ -26,9 +26,10 @@ from tests.fixtures.camvid import first, write_camvid
 FOLDER = ["dataset=folder", "dataset.num_classes=3", "dataset.class_names=[a,b,c]"]
 
 
-def run_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_segbench(verb: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``segbench <verb> args...`` as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, "-m", "segbench", verb, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -42,7 +43,7 @@ def run_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProces
 
 def test_check_command_passes_a_clean_dataset_and_fails_a_broken_one(tmp_path, capsys):
     root = write_camvid(tmp_path / "CamVid")
-    ok = run_module("segbench.data.check", "dataset=camvid", f"data_root={tmp_path}", cwd=tmp_path)
+    ok = run_segbench("check", "dataset=camvid", f"data_root={tmp_path}", cwd=tmp_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr  # as a user runs it
     assert "camvid/train: ok" in ok.stdout and "camvid/test: ok" in ok.stdout
     _, label = first(root, "val")
@@ -161,7 +162,7 @@ def test_weights_of_an_absent_class_are_zero():
 
 
 def test_loss_class_weights_from_config_are_computed_and_recorded(tmp_path):
-    from segbench.run import train
+    from segbench.engine.training import train
 
     root = make_folder_dataset(tmp_path / "data", n=6)
     cfg = compose_config(
@@ -190,7 +191,7 @@ def test_loss_class_weights_from_config_are_computed_and_recorded(tmp_path):
 
 def test_stats_command_prints_the_table(tmp_path):
     write_camvid(tmp_path / "CamVid")
-    out = run_module("segbench.data.stats", "dataset=camvid", f"data_root={tmp_path}", cwd=tmp_path)
+    out = run_segbench("stats", "dataset=camvid", f"data_root={tmp_path}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "camvid/train: 4 images" in out.stdout
     assert sum(line.startswith("|") for line in out.stdout.splitlines()) == 13  # head, rule, 11
@@ -272,7 +273,7 @@ def test_preview_writes_a_grid_of_augmented_samples(tmp_path):
 
 
 def test_throughput_command_measures_three_rates(tmp_path):
-    from segbench.data.throughput import measure
+    from segbench.bench.throughput import measure
 
     cfg = compose_config("train", ["debug=fast"], tmp_path / "run")
     r = measure(cfg, batches=2, warmup=1)

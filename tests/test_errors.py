@@ -12,8 +12,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from PIL import Image
 
-from segbench.checkpoint import CheckpointError, load_checkpoint
-from segbench.run import evaluate, train
+from segbench.engine.checkpoint import CheckpointError, load_checkpoint
+from segbench.engine.evaluation import evaluate
+from segbench.engine.training import train
 from tests.conftest import compose_config, make_folder_dataset
 
 FOLDER = [

@@ -14,9 +14,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from segbench.callbacks import EvaluationOutputs
+from segbench.engine.build import build_model
+from segbench.engine.callbacks import EvaluationOutputs
+from segbench.engine.evaluation import evaluate
 from segbench.plots import colorize, panel, plot_per_class_iou, save_palette_png
-from segbench.run import build_model, evaluate
 from tests.conftest import compose_config
 
 

@@ -8,16 +8,16 @@ import functools
 import pytest
 import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
+from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from segbench.adversarial import AdversarialTask, task_kwargs_from_model_config
+from segbench.engine.adversarial import AdversarialTask
+from segbench.engine.build import build_model
 from segbench.losses import CrossEntropyLoss
 from segbench.models.fcn import FCN
 from segbench.models.ganseg import Discriminator, GANSeg
 from segbench.models.vgg import VGGEncoder
 from segbench.optim import poly
-from segbench.run import build_model
 from tests.conftest import compose_config
 
 K = 4
@@ -234,28 +234,24 @@ def test_ddp_without_unused_parameter_detection_is_refused():
 def test_the_config_composes_and_builds(tmp_path):
     cfg = compose_config("train", ["model=ganseg", "backbone=tiny"], tmp_path)
     assert cfg.model.name == "ganseg_fcn8s" and cfg.run_name.startswith("ganseg_fcn8s_tiny")
-    net = build_ganseg(cfg.model)
+    net = build_model(cfg.model)
     assert isinstance(net, GANSeg) and isinstance(net.segmenter, FCN)
     assert net.num_classes == net.discriminator.num_classes == cfg.dataset.num_classes
     net.eval()
     with torch.no_grad():
         assert net(torch.zeros(1, 3, 65, 97))["out"].shape == (1, cfg.dataset.num_classes, 65, 97)
-    kwargs = task_kwargs_from_model_config(cfg.model)
-    assert kwargs["adversarial_weight"] == 0.1 and kwargs["d_steps"] == 1
-    opt = kwargs["discriminator_optimizer"]([torch.nn.Parameter(torch.zeros(1))])
+    # the model's config picks the adversarial task, which holds the training settings
+    task = instantiate(cfg.task)
+    assert task.func is AdversarialTask
+    assert task.keywords["adversarial_weight"] == 0.1 and task.keywords["d_steps"] == 1
+    opt = task.keywords["discriminator_optimizer"]([torch.nn.Parameter(torch.zeros(1))])
     assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 1e-4
     # another segmentor, chosen on the command line, with its output stride and aux loss
     cfg = compose_config(
         "train", ["model=ganseg", "backbone=tiny", "model@model.segmenter=pspnet"], tmp_path
     )
-    assert cfg.model.name == "ganseg_pspnet" and cfg.model.aux_weight == 0.4
+    assert cfg.model.name == "ganseg_pspnet" and cfg.model.segmenter.aux_weight == 0.4
     assert cfg.backbone.output_stride == 8
-    net = build_ganseg(cfg.model)
+    net = build_model(cfg.model)
     assert net.segmenter.encoder.strides[-1] == 8 and net.output_stride == 8
-
-
-def build_ganseg(model_cfg) -> GANSeg:
-    """``run.build_model`` without ``d_steps``, until ``run.MODEL_META_KEYS`` lists it."""
-    cfg = OmegaConf.to_container(model_cfg, resolve=True)
-    cfg.pop("d_steps", None)
-    return build_model(cfg)
+    assert net.segmenter.aux_weight == 0.4  # the segmentor's head carries its aux loss weight

@@ -12,12 +12,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from segbench.crf import DenseCRF
+from segbench.bench.inference import main, run_benchmark
+from segbench.engine.build import build_model
 from segbench.inference import Inference, sliding_windows
-from segbench.inference_bench import main, run_benchmark
+from segbench.inference.crf import DenseCRF
 from segbench.models.segnet import BayesianSegNet
 from segbench.models.vgg import VGGEncoder
-from segbench.run import build_model
 from tests.conftest import CONF, compose_config
 
 K = 4

@@ -12,7 +12,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from segbench.run import build_model, train
+from segbench.engine.build import build_model
+from segbench.engine.training import train
 from tests.conftest import compose_config, run_cli
 
 SCHEMA_KEYS = {

@@ -1,6 +1,6 @@
 """Datasets (one file each), the shared dataset contract and checks, and the data module.
 
-``SegDataModule`` is imported lazily: the data commands (``python -m segbench.data.check`` and
+``SegDataModule`` is imported lazily: the data commands (``segbench check`` and
 friends) should not pay for importing Lightning before they need it.
 """
 

@@ -1,5 +1,5 @@
 """The dataset contract, datasets of image/mask file pairs, and the label checks shared by
-loading, training and ``python -m segbench.data.check``."""
+loading, training and ``segbench check``."""
 
 from __future__ import annotations
 

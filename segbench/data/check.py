@@ -1,4 +1,4 @@
-"""``python -m segbench.data.check dataset=... [key=value ...]``: scan a dataset for bad data.
+"""``segbench check dataset=... [key=value ...]``: scan a dataset for bad data.
 
 Reports, per split, every problem it finds and exits with status 1 if there is any (a split
 that cannot be opened, e.g. a missing root, counts as one):
@@ -54,10 +54,10 @@ def check_dataset(dataset_cfg, splits: list[str] | None = None) -> dict[str, lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    from segbench.config import compose_train_config
+    from segbench.engine.config import compose_train_config
 
     parser = argparse.ArgumentParser(
-        prog="python -m segbench.data.check",
+        prog="segbench check",
         description="Scan a dataset for missing pairs, unreadable files, size mismatches and "
         "invalid labels. Exit status 1 when anything is wrong.",
     )

@@ -1,4 +1,4 @@
-"""``python -m segbench.data.preview dataset=... [key=value ...]``: look at augmented samples.
+"""``segbench preview dataset=... [key=value ...]``: look at augmented samples.
 
 Draws ``--num`` samples of a split through the split's own pipeline (for ``train``: random
 scale, crop with ignore padding, flip, jitter), each as the augmented image next to its label
@@ -70,10 +70,10 @@ def preview_grid(dm, split: str, num: int, out: Path, seed: int = 0, columns: in
 def main(argv: list[str] | None = None) -> int:
     from hydra.utils import instantiate
 
-    from segbench.config import compose_train_config
+    from segbench.engine.config import compose_train_config
 
     parser = argparse.ArgumentParser(
-        prog="python -m segbench.data.preview",
+        prog="segbench preview",
         description="Save a grid of augmented samples with their label overlays as a PNG.",
     )
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. dataset=camvid")

@@ -8,7 +8,7 @@ labelled (not ignored) pixels of the images in which ``c`` appears, and
 The figures are computed once per split and remembered in the cache (see
 :mod:`segbench.data.cache`) until the files change. From the command line::
 
-    python -m segbench.data.stats dataset=camvid data_root=/data [--split train]
+    segbench stats dataset=camvid data_root=/data [--split train]
 
 In a config: ``loss.class_weights=median_frequency`` (or ``inverse_frequency``) computes them
 over the training split before training starts.
@@ -121,10 +121,10 @@ def format_statistics(stats: dict, class_names: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from hydra.utils import instantiate
 
-    from segbench.config import compose_train_config
+    from segbench.engine.config import compose_train_config
 
     parser = argparse.ArgumentParser(
-        prog="python -m segbench.data.stats",
+        prog="segbench stats",
         description="Per-class pixel statistics and class weights of a dataset split.",
     )
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. dataset=camvid")

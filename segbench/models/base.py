@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SegmentationModel", "count_parameters"]
+__all__ = ["SegmentationModel", "count_parameters", "segmenter_of"]
 
 
 class SegmentationModel(nn.Module):
@@ -59,3 +59,8 @@ class SegmentationModel(nn.Module):
 def count_parameters(module: nn.Module) -> int:
     """Number of parameters, trainable or not."""
     return sum(p.numel() for p in module.parameters())
+
+
+def segmenter_of(model: nn.Module) -> nn.Module:
+    """The network that makes predictions (a wrapper's ``segmenter``; otherwise the model)."""
+    return getattr(model, "segmenter", model)

@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segbench.permutohedral import PermutohedralLattice
+from segbench.inference.permutohedral import PermutohedralLattice
 
 __all__ = ["DenseCRF"]
 

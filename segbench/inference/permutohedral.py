@@ -1,5 +1,6 @@
 """The permutohedral lattice (Adams, Baek & Davis, Eurographics 2010): fast high-dimensional
-Gaussian filtering, used by ``segbench.crf.DenseCRF`` for the bilateral kernel of large images.
+Gaussian filtering, used by ``segbench.inference.crf.DenseCRF`` for the bilateral kernel of
+large images.
 
 Each point's d-dimensional feature is splatted onto the d+1 vertices of its enclosing lattice
 simplex with barycentric weights, lattice values are blurred with ``[1/2, 1, 1/2]`` along each of

@@ -17,13 +17,16 @@ averaged scores; Bayesian SegNet's Monte Carlo dropout runs inside every pass an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MODES", "Inference", "crf_owner", "eval_mode", "sliding_windows"]
+from segbench.models.base import segmenter_of
+
+__all__ = ["MODES", "Inference", "eval_mode", "evaluating", "sliding_windows"]
 
 MODES = ("whole", "slide")
 
@@ -47,10 +50,16 @@ def sliding_windows(
     ]
 
 
-def crf_owner(model: nn.Module) -> nn.Module:
-    """The network whose ``crf`` attribute post-processes: the model, or the segmenter a
-    GAN-seg model wraps."""
-    return model if hasattr(model, "crf") else getattr(model, "segmenter", model)
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode without gradients for the block; its mode is restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield module
+    finally:
+        module.train(was_training)
 
 
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -171,7 +180,7 @@ class Inference:
         if self.mode == "whole" and self.passes == 1:
             out = model(images)
             return {k: out[k] for k in ("out", "uncertainty") if k in out}
-        owner = crf_owner(model)
+        owner = segmenter_of(model)  # the network that holds the CRF
         crf = getattr(owner, "crf", None)
         if crf is not None:
             owner.crf = None  # once on the final scores, not per pass or window
@@ -250,7 +259,7 @@ def eval_mode(model_cfg: dict, inference: Inference | None = None) -> str:
     """How predictions are made, as results and leaderboards label it: the inference's label
     (``single-scale``, ``slide``, ``ms+flip`` ...), then the model's post-processing and
     sampling (``+CRF``, ``+MC-dropout xN``), from the model config."""
-    net = model_cfg.get("segmenter") or model_cfg  # GAN-seg evaluates its segmenter
+    net = model_cfg.get("segmenter") or model_cfg  # a wrapper (GAN-seg) predicts with it
     mode = inference.label if inference is not None else "single-scale"
     if net.get("crf"):
         mode += "+CRF"

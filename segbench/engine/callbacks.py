@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 from pytorch_lightning.loggers import WandbLogger
 
+from segbench.inference import evaluating
+
 __all__ = ["EvaluationOutputs", "RunPlots", "WandbMedia"]
 
 
@@ -74,11 +76,8 @@ class WandbMedia(pl.Callback):
         import wandb
 
         images, masks = self._batch["image"], self._batch["mask"]
-        was_training = pl_module.training
-        pl_module.eval()
-        with torch.no_grad():
+        with evaluating(pl_module):
             preds = pl_module(images.to(pl_module.device)).argmax(1).cpu()
-        pl_module.train(was_training)
         rgb = trainer.datamodule.eval_transform.denormalize(images)
         labels = {i: name for i, name in enumerate(pl_module.class_names)}
         ignore = trainer.datamodule.ignore_index
@@ -317,11 +316,8 @@ class RunPlots(pl.Callback):
         if self._batch is None:
             return
         palette = dm.palette or default_palette(dm.num_classes)
-        was_training = pl_module.training
-        pl_module.eval()
-        with torch.no_grad():
+        with evaluating(pl_module):
             preds = pl_module(self._batch["image"].to(pl_module.device)).argmax(1).cpu().numpy()
-        pl_module.train(was_training)
         rgb = dm.eval_transform.denormalize(self._batch["image"]).permute(0, 2, 3, 1).numpy()
         rows = [
             [rgb[i], colorize(gt, palette, dm.ignore_index), colorize(preds[i], palette)]

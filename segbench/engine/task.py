@@ -10,7 +10,9 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from segbench import __version__
 from segbench.metrics import ConfusionMatrix
+from segbench.models.base import segmenter_of
 
 __all__ = ["SegmentationTask"]
 
@@ -28,20 +30,24 @@ class SegmentationTask(pl.LightningModule):
 
     Args:
         model: returns ``{"out": logits (B, K, H, W), "aux"?: logits}``.
-        loss: ``(logits, target) -> scalar``; also applied to ``aux`` with ``aux_weight``.
+        loss: ``(logits, target) -> scalar``; also applied to ``aux`` with the weight the
+            model's auxiliary head carries (``model.aux_weight``; PSPNet: 0.4).
         optimizer: factory taking the parameters (a ``functools.partial``).
         scheduler: factory ``(optimizer, total_steps=N)``, stepped every optimizer step,
             or ``None`` for a constant learning rate.
         num_classes: number of classes.
         ignore_index: label excluded from the metrics.
         class_names: one name per class, used in metric keys.
-        aux_weight: weight of the auxiliary loss (PSPNet: 0.4).
         run_config: the resolved run configuration (plain containers), stored in checkpoints
             so that ``evaluate.py`` can rebuild the model.
         inference: how the test step predicts (:class:`~segbench.inference.Inference`: whole
             image, sliding window, multi-scale/flip); ``None``: one plain forward pass.
             Validation always uses one plain pass.
     """
+
+    # whether each backward pass leaves some parameters without a gradient (DDP must then look
+    # for unused parameters; the engine's trainer switches its ``ddp`` strategy accordingly)
+    ddp_find_unused_parameters: bool = False
 
     def __init__(
         self,
@@ -52,7 +58,6 @@ class SegmentationTask(pl.LightningModule):
         num_classes: int,
         ignore_index: int,
         class_names: Sequence[str],
-        aux_weight: float = 0.0,
         run_config: dict | None = None,
         inference: Callable[[nn.Module, Tensor], dict[str, Tensor]] | None = None,
     ) -> None:
@@ -65,13 +70,13 @@ class SegmentationTask(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.num_classes = num_classes
         self.class_names = list(class_names)
-        self.aux_weight = aux_weight
+        self.aux_weight = float(getattr(segmenter_of(model), "aux_weight", 0.0) or 0.0)
         self.run_config = run_config or {}
         self.eval_split = "test"
         self.metrics = nn.ModuleDict(
             {name: ConfusionMatrix(num_classes, ignore_index) for name in ("fit", "val", "test")}
         )
-        # the last figures computed for each prefix, as Python numbers (read by run.py)
+        # the last figures computed for each prefix, as Python numbers (read by the engine)
         self.results: dict[str, dict] = {}
 
     def forward(self, x: Tensor) -> Tensor:
@@ -185,8 +190,6 @@ class SegmentationTask(pl.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        from segbench import __version__
-
         checkpoint["segbench"] = {
             "version": __version__,
             "config": self.run_config,

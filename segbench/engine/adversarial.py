@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from pytorch_lightning.strategies import DDPStrategy
 from torch import Tensor, nn
 
-from segbench.task import OptimizerFactory, SegmentationTask
+from segbench.engine.task import OptimizerFactory, SegmentationTask
 
-__all__ = ["AdversarialTask", "task_kwargs_from_model_config"]
+__all__ = ["AdversarialTask"]
 
 DEFAULT_ADVERSARIAL_WEIGHT = 0.1
 _HINT = "lower the learning rate (or the adversarial weight) or check the data"
@@ -47,7 +47,10 @@ class AdversarialTask(SegmentationTask):
     Only segmentor updates count as optimizer steps (``trainer.global_step`` advances once per
     batch, as for every other model), so ``max_steps`` and the schedule's length keep their
     meaning. The Trainer's gradient clipping does not apply under manual optimisation. Under
-    DDP, train with ``trainer.strategy=ddp_find_unused_parameters_true`` (checked in ``setup``).
+    DDP each update leaves the other network's parameters unused
+    (``ddp_find_unused_parameters``): ``trainer.strategy=ddp`` becomes
+    ``ddp_find_unused_parameters_true`` when the engine builds the Trainer, and ``setup``
+    refuses a DDP strategy without it.
 
     Logs ``train/loss`` (the segmentor's total), ``train/loss_seg``, ``train/loss_adv`` (the
     unweighted flipped BCE), ``train/loss_d`` (the discriminator's weighted loss) and the fit
@@ -56,7 +59,7 @@ class AdversarialTask(SegmentationTask):
     Args:
         model: a ``GANSeg`` (``segmenter``, ``discriminator``, ``discriminate``).
         **task_kwargs: ``loss``, ``optimizer``, ``scheduler``, ``num_classes``, ``ignore_index``,
-            ``class_names``, ``aux_weight``, ``run_config`` as for :class:`SegmentationTask`;
+            ``class_names``, ``run_config``, ``inference`` as for :class:`SegmentationTask`;
             ``optimizer`` and ``scheduler`` act on the segmentor only.
         adversarial_weight: lambda. The paper chooses it per dataset and adversary; 0.1 is
             segbench's default.
@@ -64,6 +67,8 @@ class AdversarialTask(SegmentationTask):
             ``functools.partial``); ``None`` gives Adam with lr 1e-4.
         d_steps: discriminator updates per batch before the segmentor's update.
     """
+
+    ddp_find_unused_parameters = True
 
     def __init__(
         self,
@@ -175,17 +180,3 @@ class AdversarialTask(SegmentationTask):
         total = self.trainer.estimated_stepping_batches
         scheduler = self.scheduler_factory(optimizer, total_steps=total)
         return [optimizer, disc_optimizer], [{"scheduler": scheduler, "interval": "step"}]
-
-
-def task_kwargs_from_model_config(model_cfg) -> dict:
-    """The extra :class:`AdversarialTask` arguments held by a GAN-seg model config's meta keys
-    ``adversarial_weight``, ``discriminator_optimizer`` and ``d_steps``."""
-    from hydra.utils import instantiate
-
-    opt_cfg = model_cfg.get("discriminator_optimizer")
-    weight = model_cfg.get("adversarial_weight")
-    return {
-        "adversarial_weight": DEFAULT_ADVERSARIAL_WEIGHT if weight is None else float(weight),
-        "discriminator_optimizer": instantiate(opt_cfg) if opt_cfg else None,
-        "d_steps": int(model_cfg.get("d_steps") or 1),
-    }

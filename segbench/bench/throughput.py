@@ -1,4 +1,4 @@
-"""``python -m segbench.data.throughput dataset=... [model=...] [key=value ...]``: does the data
+"""``segbench throughput dataset=... [model=...] [key=value ...]``: does the data
 loader keep up with training?
 
 Measures, in one run on this machine, three rates in images per second:
@@ -20,6 +20,10 @@ import sys
 import time
 
 import torch
+from hydra.utils import instantiate
+
+from segbench.engine.build import build_model, resolve_class_weights
+from segbench.engine.config import compose_train_config
 
 __all__ = ["main", "measure"]
 
@@ -36,10 +40,6 @@ def _endless(loader):
 
 def measure(cfg, batches: int = 20, warmup: int = 3) -> dict:
     """The three rates of ``cfg`` (a composed ``conf/train.yaml``)."""
-    from hydra.utils import instantiate
-
-    from segbench.run import build_model, resolve_class_weights
-
     dm = instantiate(cfg.dataset)
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -99,10 +99,8 @@ def measure(cfg, batches: int = 20, warmup: int = 3) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from segbench.config import compose_train_config
-
     parser = argparse.ArgumentParser(
-        prog="python -m segbench.data.throughput",
+        prog="segbench throughput",
         description="Images/s of the training loader against the training step's consumption.",
     )
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. dataset=camvid")

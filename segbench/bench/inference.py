@@ -1,6 +1,6 @@
 """What each evaluation mode costs in time against ``whole``, on the same model and images.
 
-``python -m segbench.inference_bench [hydra overrides...] [--images N] [--size H W] [--repeat R]``
+``segbench inference-bench [hydra overrides...] [--images N] [--size H W] [--repeat R]``
 composes ``conf/train.yaml`` with the overrides (``model=deeplabv3plus backbone=resnet18``),
 builds the model in eval mode (random weights: speed does not depend on them), makes ``N``
 seeded random normalised images and times, one image at a time under ``torch.inference_mode``:
@@ -23,7 +23,11 @@ import time
 import torch
 from torch import Tensor, nn
 
-from segbench.inference import Inference, crf_owner, sliding_windows
+from segbench.engine.build import build_model
+from segbench.engine.config import compose_train_config
+from segbench.inference import Inference, evaluating, sliding_windows
+from segbench.inference.crf import DenseCRF
+from segbench.models.base import segmenter_of
 
 __all__ = ["bench_modes", "format_markdown", "main", "run_benchmark"]
 
@@ -74,16 +78,12 @@ def run_benchmark(
 
     ``crf`` is used for the CRF row when the model has none (default ``DenseCRF()``).
     """
-    from segbench.crf import DenseCRF
-
     if repeat < 1 or images.ndim != 4 or images.shape[0] < 1:
         raise ValueError(
             f"run_benchmark needs repeat >= 1 and images (N, 3, H, W), N >= 1; got "
             f"repeat={repeat}, images {tuple(images.shape)}"
         )
-    was_training = model.training
-    model.eval()
-    owner = crf_owner(model)
+    owner = segmenter_of(model)  # the network that holds the CRF
     own_crf = getattr(owner, "crf", None)
     crf = own_crf if own_crf is not None else (crf if crf is not None else DenseCRF())
     crf = crf.to(images.device)
@@ -94,7 +94,7 @@ def run_benchmark(
             owner.crf = None  # the plain rows run without it; the CRF row adds it
         if mc_samples is not None:
             model.mc_samples = 1
-        with torch.inference_mode():
+        with evaluating(model), torch.inference_mode():
             for name, inference, details in bench_modes(tuple(images.shape[-2:])):
                 seconds = _seconds_per_image(lambda x, f=inference: f(model, x), images, repeat)
                 rows.append({"mode": name, "details": details, "seconds": seconds})
@@ -122,7 +122,6 @@ def run_benchmark(
             owner.crf = own_crf
         if mc_samples is not None:
             model.mc_samples = mc_samples
-        model.train(was_training)
     for row in rows:
         row["ratio"] = row["seconds"] / rows[0]["seconds"]
     return rows
@@ -135,17 +134,9 @@ def format_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _compose(overrides: list[str]):
-    from segbench.config import compose_train_config
-
-    return compose_train_config(overrides)
-
-
 def main(argv: list[str] | None = None) -> int:
-    from segbench.run import build_model
-
     parser = argparse.ArgumentParser(
-        prog="python -m segbench.inference_bench",
+        prog="segbench inference-bench",
         description="Seconds per image of each evaluation mode against whole-image inference.",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=pspnet")
@@ -160,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
-    cfg = _compose(args.overrides)
+    cfg = compose_train_config(args.overrides)
     torch.manual_seed(args.seed)
     model = build_model(cfg.model).to(device).eval()
     generator = torch.Generator().manual_seed(args.seed)

@@ -1,6 +1,6 @@
 """Parameter counts and FLOPs of the models, and the table of the papers' configurations.
 
-``python -m segbench.complexity`` builds every paper configuration from ``conf/`` (Hydra
+``segbench complexity`` builds every paper configuration from ``conf/`` (Hydra
 overrides, exactly what ``train.py`` would be given), counts its parameters, measures FLOPs of
 one forward pass with ``torch.utils.flop_counter`` and prints a Markdown table against the
 published counts. FLOPs count a multiply-add as 2.
@@ -13,12 +13,13 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from segbench.models.base import count_parameters
+from segbench.engine.build import build_model
+from segbench.engine.config import compose_train_config
+from segbench.inference.flops import count_flops
+from segbench.models.base import count_parameters, segmenter_of
 
-__all__ = ["PAPER_CONFIGS", "PaperConfig", "count_flops", "main", "measure", "segmenter_of"]
+__all__ = ["PAPER_CONFIGS", "PaperConfig", "main", "measure"]
 
 
 # the FCN paper's head: fc6 as a 7x7 conv with 4096 channels, fc7 1x1 4096, dropout 0.5
@@ -94,41 +95,9 @@ PAPER_CONFIGS: tuple[PaperConfig, ...] = (
 )
 
 
-def segmenter_of(model: nn.Module) -> nn.Module:
-    """The network that makes predictions (a GAN-seg's segmenter; otherwise the model)."""
-    return getattr(model, "segmenter", model)
-
-
-def count_flops(
-    model: nn.Module,
-    input_size: tuple[int, int],
-    batch: int = 1,
-    device: torch.device | str = "cpu",
-) -> int:
-    """FLOPs of one forward pass in eval mode on a ``(batch, 3, H, W)`` input (a model that
-    samples at test time, like Bayesian SegNet, counts all its passes)."""
-    was_training = model.training
-    model.eval()
-    try:
-        x = torch.zeros(batch, 3, *input_size, device=device)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-        return int(counter.get_total_flops())
-    finally:
-        model.train(was_training)
-
-
-def _compose(overrides: list[str]):
-    from segbench.config import compose_train_config
-
-    return compose_train_config(overrides)
-
-
 def measure(config: PaperConfig, input_size: tuple[int, int]) -> dict:
     """Build ``config`` from ``conf/`` and measure its parameters and FLOPs."""
-    from segbench.run import build_model
-
-    cfg = _compose([*config.overrides, f"dataset.num_classes={config.num_classes}"])
+    cfg = compose_train_config([*config.overrides, f"dataset.num_classes={config.num_classes}"])
     torch.manual_seed(0)
     model = build_model(cfg.model)
     net = segmenter_of(model)
@@ -170,7 +139,7 @@ def format_markdown(rows: list[dict], input_size: tuple[int, int]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m segbench.complexity",
+        prog="segbench complexity",
         description="Parameters and GFLOPs of the papers' configurations vs published counts.",
     )
     parser.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))

@@ -1,0 +1,76 @@
+"""``segbench <verb>``: one command for the tools around ``train.py`` and ``evaluate.py``.
+
+Each verb is a module's ``main(argv) -> int``, imported only when the verb runs (so that
+``segbench --help`` is instant). Verbs that compose ``conf/`` take the same ``group=option
+key=value`` overrides as ``train.py``. The exit status is the verb's: 0 when it succeeded,
+1 when it found problems (``check``) or failed, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+__all__ = ["VERBS", "main"]
+
+# verb -> (module whose main(argv) runs it, one-line summary)
+VERBS: dict[str, tuple[str, str]] = {
+    "leaderboard": (
+        "segbench.leaderboard.cli",
+        "tables (md/csv/tex/html, W&B) from results.json files or a W&B project",
+    ),
+    "check": ("segbench.data.check", "scan a dataset for bad data (exit 1 when any is found)"),
+    "stats": ("segbench.data.stats", "class pixel shares and class weights of a split"),
+    "preview": ("segbench.data.preview", "save a grid of augmented training samples"),
+    "convert-sbd": ("segbench.data.sbd", "convert SBD's .mat masks to PNGs (VOC-aug)"),
+    "throughput": ("segbench.bench.throughput", "loader vs training-step images/s"),
+    "complexity": ("segbench.bench.complexity", "parameters and GFLOPs vs the papers' counts"),
+    "inference-bench": (
+        "segbench.bench.inference",
+        "seconds per image of each evaluation mode against whole-image inference",
+    ),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    width = max(len(v) for v in VERBS)
+    verbs = "\n".join(f"  {verb:<{width}}  {summary}" for verb, (_, summary) in VERBS.items())
+    return argparse.ArgumentParser(
+        prog="segbench",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="segbench <verb> [args ...]",
+        description="Tools of segbench (train.py and evaluate.py train and evaluate).",
+        epilog=f"verbs:\n{verbs}\n\n'segbench <verb> --help' shows a verb's arguments.",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``segbench <verb> args...``; returns the verb's exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    verb, args = argv[0], argv[1:]
+    if verb not in VERBS:
+        parser.print_usage(sys.stderr)
+        print(
+            f"segbench: error: unknown verb {verb!r}; choose one of: {', '.join(VERBS)}",
+            file=sys.stderr,
+        )
+        return 2
+    module = importlib.import_module(VERBS[verb][0])
+    try:
+        status = module.main(args)
+    except SystemExit as exit_:  # argparse's --help (0) and usage errors (2)
+        code = exit_.code
+        if code is None or isinstance(code, int):
+            return code or 0
+        print(code, file=sys.stderr)  # sys.exit("message")
+        return 1
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""From a composed config to the parts of a run: model, data module, task and trainer.
+
+Every check that can fail on a config runs here, before any training starts.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from pytorch_lightning.utilities import rank_zero_info
+
+from segbench.data.datamodule import SegDataModule
+from segbench.data.stats import class_weights
+from segbench.engine.task import SegmentationTask
+
+__all__ = [
+    "build_datamodule",
+    "build_model",
+    "build_task",
+    "build_trainer",
+    "resolve_class_weights",
+]
+
+DEFAULT_TASK = {"_target_": "segbench.engine.task.SegmentationTask", "_partial_": True}
+
+
+def _constructor_args(cfg: dict) -> dict:
+    """A model config without its ``name`` (a label, not an argument), also in the model
+    configs nested in it (a wrapper's ``segmenter``); encoders keep theirs."""
+    out = {k: v for k, v in cfg.items() if k != "name"}
+    for key, value in out.items():
+        if isinstance(value, dict) and "_target_" in value and "num_classes" in value:
+            out[key] = _constructor_args(value)
+    return out
+
+
+def build_model(model_cfg: DictConfig | dict) -> torch.nn.Module:
+    """Instantiate ``conf/model/*`` (its ``encoder`` is the backbone config)."""
+    if not isinstance(model_cfg, DictConfig):
+        model_cfg = OmegaConf.create(model_cfg)
+    cfg = OmegaConf.to_container(model_cfg, resolve=True)  # resolves against the root config
+    return instantiate(_constructor_args(cfg))
+
+
+def build_datamodule(dataset_cfg: DictConfig, splits: list[str]) -> SegDataModule:
+    """The data module of ``conf/dataset/*`` with every split in ``splits`` opened now, so that a
+    missing root or split fails before training."""
+    dm = instantiate(dataset_cfg)
+    for split in splits:
+        dm.dataset(split)
+    return dm
+
+
+def resolve_class_weights(loss_cfg: DictConfig, dm: SegDataModule) -> None:
+    """Replace every ``class_weights: <weighting name>`` in ``loss_cfg`` by the weights computed
+    over the training split, so that the run's config and checkpoint record the numbers."""
+    for key in list(loss_cfg.keys()):
+        value = loss_cfg[key]
+        if isinstance(value, ListConfig):
+            for item in value:
+                if isinstance(item, DictConfig):
+                    resolve_class_weights(item, dm)
+        elif isinstance(value, DictConfig):
+            resolve_class_weights(value, dm)
+        elif key == "class_weights" and isinstance(value, str):
+            weights = class_weights(dm.dataset("train"), value)
+            with open_dict(loss_cfg):
+                loss_cfg[key] = weights
+            names = ", ".join(f"{n} {w:.3f}" for n, w in zip(dm.class_names, weights))
+            rank_zero_info(f"loss class weights ({value} over {dm.name}/train): {names}")
+
+
+def build_task(
+    cfg: DictConfig, dm: SegDataModule, model: torch.nn.Module, run_config: dict | None = None
+) -> SegmentationTask:
+    """The LightningModule of ``cfg.task`` (``conf/task/*``, chosen by the model's config)
+    around ``model``, with the loss, optimizer, schedule and inference of ``cfg``."""
+    model_classes = getattr(model, "num_classes", None)
+    if model_classes != dm.num_classes:
+        raise ValueError(
+            f"model.num_classes={model_classes} but dataset {dm.name!r} has "
+            f"{dm.num_classes} classes; leave model.num_classes as ${{dataset.num_classes}}"
+        )
+    loss = instantiate(cfg.loss)
+    if getattr(loss, "num_classes", dm.num_classes) != dm.num_classes:
+        raise ValueError(
+            f"loss.num_classes={loss.num_classes} but dataset {dm.name!r} has {dm.num_classes}"
+        )
+    if getattr(loss, "ignore_index", dm.ignore_index) != dm.ignore_index:
+        raise ValueError(
+            f"loss.ignore_index={loss.ignore_index} but dataset {dm.name!r} ignores "
+            f"{dm.ignore_index}; leave it as ${{dataset.ignore_index}}"
+        )
+    task = instantiate(cfg.get("task") or DEFAULT_TASK)
+    return task(
+        model=model,
+        loss=loss,
+        optimizer=instantiate(cfg.optimizer) if cfg.get("optimizer") else None,
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        num_classes=dm.num_classes,
+        ignore_index=dm.ignore_index,
+        class_names=dm.class_names,
+        run_config=run_config,
+        inference=instantiate(cfg.inference) if cfg.get("inference") else None,
+    )
+
+
+def build_trainer(cfg: DictConfig, task: SegmentationTask | None = None) -> pl.Trainer:
+    """The Trainer of ``cfg.trainer`` with the loggers of ``cfg.logger`` and ``cfg.callbacks``.
+
+    A task whose backward passes leave some parameters unused
+    (``task.ddp_find_unused_parameters``) gets DDP's unused-parameter search under ``ddp``.
+    """
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    extra = {}
+    if getattr(task, "ddp_find_unused_parameters", False) and cfg.trainer.get("strategy") == "ddp":
+        extra["strategy"] = "ddp_find_unused_parameters_true"
+        rank_zero_info(f"{type(task).__name__} under DDP: strategy ddp_find_unused_parameters_true")
+    return instantiate(
+        cfg.trainer,
+        **extra,
+        logger=loggers or False,
+        callbacks=callbacks,
+        default_root_dir=cfg.output_dir,
+    )

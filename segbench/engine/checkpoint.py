@@ -1,0 +1,139 @@
+"""Checkpoints: safe loading (tensors and plain containers only, never arbitrary pickled
+objects), and the run config of an evaluation (the checkpoint's, with what the command line
+asked checked against it)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["CheckpointError", "load_checkpoint", "merge_eval_config", "trained_config"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used for the requested run."""
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a Lightning/segbench checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointError: the file is not a checkpoint, holds objects other than tensors and
+            plain containers, or has no ``state_dict``.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds objects that are not tensors or plain containers, "
+            f"so it is not loaded (weights-only loading): {str(err).splitlines()[0]}"
+        ) from err
+    except (RuntimeError, EOFError) as err:
+        raise CheckpointError(f"{str(path)!r} is not a readable PyTorch checkpoint: {err}") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"checkpoint {str(path)!r} has no 'state_dict' entry")
+    return ckpt
+
+
+def trained_config(ckpt: dict, ckpt_path: str) -> DictConfig:
+    """The run config a segbench checkpoint was trained with."""
+    meta = ckpt.get("segbench")
+    if not isinstance(meta, dict) or "config" not in meta:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path!r} has no segbench metadata (it was not written by "
+            "segbench's train.py), so the model it holds is unknown"
+        )
+    return OmegaConf.create(meta["config"])
+
+
+def _named_on_command_line() -> set[str]:
+    """Config groups the user named on the command line (all groups outside a Hydra app)."""
+    try:
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:
+        return {"model", "backbone"}
+    return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+
+
+# model settings that change how a model predicts at evaluation, not its weights
+EVALUATION_ONLY_KEYS = ("crf", "mc_samples")
+
+
+def _is_evaluation_variant(wanted: DictConfig, trained: DictConfig) -> bool:
+    """Whether model config ``wanted`` is ``trained`` with other evaluation-only settings."""
+    if wanted.get("_target_") != trained.get("_target_"):
+        return False
+    for key in set(wanted) | set(trained):
+        if key in ("name", "encoder", "num_classes", *EVALUATION_ONLY_KEYS):
+            continue
+        try:
+            same = OmegaConf.select(wanted, key) == trained.get(key)
+        except Exception:  # an interpolation that needs the training config: not comparable
+            same = False
+        if not same:
+            return False
+    return True
+
+
+def merge_eval_config(cfg: DictConfig, trained: DictConfig, ckpt_path: str) -> DictConfig:
+    """The run config of an evaluation: the checkpoint's, with what the user asked checked.
+
+    ``model=`` may name a variant of the trained model that differs only in evaluation settings
+    (``EVALUATION_ONLY_KEYS``: ``deeplabv1_crf`` for a ``deeplabv1`` checkpoint): those replace
+    the trained ones, the encoder stays the checkpoint's, and the weights load strictly.
+    """
+    model = trained.model
+    for group in ("model", "backbone"):
+        wanted = cfg.get(group)
+        if group not in _named_on_command_line():
+            continue  # chosen by a model's defaults (its paper's backbone), not by the user
+        if wanted is None or trained.get(group) is None:
+            continue
+        have, want = trained[group].get("name"), wanted.get("name")
+        if have == want:
+            continue
+        if group == "model" and _is_evaluation_variant(wanted, trained.model):
+            variant = OmegaConf.to_container(wanted, resolve=False)
+            for key in ("encoder", "num_classes"):
+                variant.pop(key, None)
+            model = OmegaConf.merge(trained.model, variant)
+            continue
+        raise CheckpointError(
+            f"checkpoint {ckpt_path!r} was trained with {group} {have!r} "
+            f"(model {trained.model.get('name')!r}, backbone {trained.backbone.get('name')!r}) "
+            f"but {group}={want} was requested; drop the {group} override or pick the "
+            "matching checkpoint"
+        )
+    dataset = trained.dataset
+    if cfg.get("dataset") is not None:
+        asked = cfg.dataset
+        if "_target_" in asked and asked.get("name") != dataset.get("name"):
+            dataset = asked  # another dataset: must share the label set (checked below)
+        else:  # tweaks of the trained dataset (debug sizes, batch size, root, ...)
+            dataset = OmegaConf.merge(dataset, asked)
+    merged = OmegaConf.create(
+        {
+            "model": model,
+            "backbone": trained.get("backbone"),
+            "dataset": dataset,
+            "task": trained.get("task"),  # how it was trained; evaluation is the same for all
+            "loss": cfg.loss if cfg.get("loss") is not None else trained.loss,
+            "inference": cfg.get("inference"),  # an evaluation choice, not the training run's
+        }
+    )
+    merged.dataset = OmegaConf.to_container(merged.dataset, resolve=True)
+    if list(merged.dataset.class_names) != list(trained.dataset.class_names):
+        raise CheckpointError(
+            f"checkpoint {ckpt_path!r} predicts the {trained.dataset.num_classes} classes of "
+            f"{trained.dataset.name!r} {list(trained.dataset.class_names)}, but dataset "
+            f"{merged.dataset.name!r} has {list(merged.dataset.class_names)}"
+        )
+    return merged

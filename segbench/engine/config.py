@@ -1,0 +1,30 @@
+"""``conf/`` composed outside a Hydra app: for tests and for the ``segbench`` verbs that take the
+same ``group=option key=value`` overrides as ``train.py`` (``segbench check``, ``segbench
+complexity``, ``segbench inference-bench`` ...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+__all__ = ["CONF", "compose", "compose_train_config"]
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def compose(name: str, overrides: list[str], output_dir: str | Path = ".") -> DictConfig:
+    """``conf/<name>.yaml`` composed with ``overrides`` as Hydra would, the run directory set
+    to ``output_dir``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name=name, overrides=[*overrides, f"output_dir={output_dir}"])
+
+
+def compose_train_config(overrides: list[str]) -> DictConfig:
+    """``conf/train.yaml`` composed with ``overrides`` exactly as ``train.py`` would."""
+    return compose("train", overrides)

@@ -1,0 +1,102 @@
+"""The final evaluation of a run: test one split, time it, count FLOPs, write ``results.json``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+from segbench.data.datamodule import SegDataModule
+from segbench.engine.task import SegmentationTask
+from segbench.inference import eval_mode
+from segbench.inference.flops import count_flops
+from segbench.models.base import count_parameters, segmenter_of
+from segbench.results import RESULTS_FILE, build_results, format_table, write_results
+
+__all__ = ["RunInfo", "check_output_dir", "score"]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What ``results.json`` says about the run besides its figures."""
+
+    kind: str  # "train" or "evaluate"
+    config: dict  # the resolved run config
+    checkpoint: str | None  # the weights evaluated
+    output_dir: str
+    seed: int
+    start: float  # time.time() when the run started
+    best_val_miou: float | None = None
+
+
+def check_output_dir(output_dir: str | Path) -> None:
+    """Refuse a run directory that already holds an earlier run's results."""
+    path = Path(output_dir) / RESULTS_FILE
+    if path.exists():
+        raise FileExistsError(
+            f"{path} already exists: this run directory holds an earlier run's results, "
+            "which segbench never overwrites. Choose another hydra.run.dir."
+        )
+
+
+def _test(trainer: pl.Trainer, task: SegmentationTask, dm: SegDataModule, split: str) -> dict:
+    """Run the test loop on ``split`` (figures summed over all ranks into ``task.results``);
+    returns its throughput as a leaderboard's images/s column shows it."""
+    dm.eval_split = split
+    task.eval_split = split
+    tic = time.perf_counter()
+    trainer.test(task, datamodule=dm, verbose=False)
+    elapsed = time.perf_counter() - tic
+    return {
+        "images_per_s": round(len(dm.dataset(split)) / elapsed, 3),
+        "measured": "the whole evaluation: loading, inference mode, metrics, per process",
+        "device": str(task.device),
+        "processes": trainer.world_size,
+        "batch_size": dm.eval_batch_size,
+    }
+
+
+def _inference_record(cfg: dict | None) -> dict | None:
+    """The inference settings as ``results.json`` keeps them (without ``_target_``)."""
+    if not cfg:
+        return None
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+def score(
+    trainer: pl.Trainer, task: SegmentationTask, dm: SegDataModule, split: str, run: RunInfo
+) -> dict:
+    """Evaluate ``task`` on ``split``, write ``results.json`` from rank 0 and print the
+    per-class table; returns the results record."""
+    throughput = _test(trainer, task, dm, split)
+    dataset = dm.dataset(split)
+    size = list(dataset[0]["image"].shape[-2:])  # FLOPs at the first image's size
+    model_cfg, backbone_cfg = run.config["model"], run.config.get("backbone") or {}
+    results = build_results(
+        kind=run.kind,
+        model=model_cfg.get("name", type(task.model).__name__),
+        backbone=backbone_cfg.get("name", "?"),
+        dataset=dm.name,
+        split=split,
+        class_names=dm.class_names,
+        ignore_index=dm.ignore_index,
+        figures=task.results[split],
+        params=count_parameters(segmenter_of(task.model)),
+        eval_mode=eval_mode(model_cfg, task.inference),
+        inference=_inference_record(run.config.get("inference")),
+        gflops=count_flops(task.model, tuple(size), device=task.device) / 1e9,
+        flops_input_size=size,
+        seed=run.seed,
+        config=run.config,
+        checkpoint=run.checkpoint,
+        num_images=len(dataset),
+        duration_s=time.time() - run.start,
+        throughput=throughput,
+        best_val_miou=run.best_val_miou,
+    )
+    if trainer.is_global_zero:
+        path = write_results(run.output_dir, results)
+        print(f"\n{format_table(results)}\n\nresults written to {path}")
+    return results
