@@ -15,7 +15,8 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from segbench.data.base import DataError
-from segbench.data.voc import VOCAugDataset, VOCDataset, main, read_sbd_mat, voc_colormap
+from segbench.data.sbd import main, read_sbd_mat
+from segbench.data.voc import VOCAugDataset, VOCDataset, voc_colormap
 from tests.conftest import ROOT, compose_config
 from tests.fixtures.voc import image_for, object_labels, voc_label, write_sbd, write_voc
 
@@ -232,8 +233,7 @@ def test_sbd_mat_reads_back_like_the_release(tmp_path):
 def test_convert_sbd_command_writes_the_fast_path_and_is_idempotent(tmp_path, capsys):
     voc, sbd = make_voc_aug(tmp_path)
     on_the_fly = VOCAugDataset(voc, "train", sbd_root=sbd)
-    command = [sys.executable, "-m", "segbench.data.voc", "convert-sbd", "--sbd", str(sbd)]
-    command += ["--voc", str(voc)]
+    command = [sys.executable, "-m", "segbench.data.sbd", "--sbd", str(sbd), "--voc", str(voc)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
@@ -254,7 +254,7 @@ def test_convert_sbd_command_writes_the_fast_path_and_is_idempotent(tmp_path, ca
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     capsys.readouterr()
     # the second run in-process (the command's start-up, importing torch, is the slow part)
-    assert main(["convert-sbd", "--sbd", str(sbd), "--voc", str(voc), "--no-progress"]) == 0
+    assert main(["--sbd", str(sbd), "--voc", str(voc), "--no-progress"]) == 0
     again = capsys.readouterr().out
     assert "wrote 0 masks" in again and "skipped 6 identical" in again
     assert f"skipped {listing} (identical)" in again
@@ -273,7 +273,7 @@ def test_convert_sbd_command_writes_the_fast_path_and_is_idempotent(tmp_path, ca
     # a different existing file is never overwritten
     changed = out / "2008_000015.png"
     Image.fromarray(np.zeros((24, 32), np.uint8)).save(changed)
-    assert main(["convert-sbd", "--sbd", str(sbd), "--voc", str(voc), "--no-progress"]) == 1
+    assert main(["--sbd", str(sbd), "--voc", str(voc), "--no-progress"]) == 1
     with Image.open(changed) as im:
         assert np.array(im).max() == 0
 
@@ -283,12 +283,16 @@ def test_convert_sbd_refusal_is_reported(tmp_path, capsys):
     out = voc / "SegmentationClassAug"
     out.mkdir()
     Image.fromarray(np.ones((24, 32), np.uint8)).save(out / "2008_000019.png")
-    assert main(["convert-sbd", "--sbd", str(sbd), "--voc", str(voc), "--no-progress"]) == 1
+    assert main(["--sbd", str(sbd), "--voc", str(voc), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert f"refused to overwrite {out / '2008_000019.png'}" in err
     assert not (voc / "ImageSets" / "Segmentation" / "train_aug.txt").exists()
-    assert main(["convert-sbd", "--sbd", str(tmp_path / "no"), "--voc", str(voc)]) == 2
+    assert main(["--sbd", str(tmp_path / "no"), "--voc", str(voc)]) == 2
     assert str((tmp_path / "no").absolute()) in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--sbd", str(sbd)])  # --voc missing: argparse's usage error names the command
+    assert exit_.value.code == 2
+    assert "usage: segbench convert-sbd" in capsys.readouterr().err
 
 
 def test_voc_aug_through_config_and_its_checks(tmp_path):
@@ -314,7 +318,8 @@ def test_voc_aug_without_sbd_or_conversion_says_what_to_do(tmp_path):
         datamodule("voc_aug", tmp_path, f"data_root={tmp_path}").dataset("train")
     text = str(err.value)
     assert str(tmp_path / "benchmark_RELEASE" / "dataset") in text
-    assert "SegmentationClassAug" in text and "convert-sbd" in text and "cls/<id>.mat" in text
+    assert "SegmentationClassAug" in text and "cls/<id>.mat" in text
+    assert "segbench convert-sbd --sbd <benchmark_RELEASE/dataset> --voc" in text
     assert len(VOCAugDataset(voc, "val")) == 2  # VOC val needs no SBD
 
 
