@@ -233,7 +233,16 @@ def test_sbd_mat_reads_back_like_the_release(tmp_path):
 def test_convert_sbd_command_writes_the_fast_path_and_is_idempotent(tmp_path, capsys):
     voc, sbd = make_voc_aug(tmp_path)
     on_the_fly = VOCAugDataset(voc, "train", sbd_root=sbd)
-    command = [sys.executable, "-m", "segbench.data.sbd", "--sbd", str(sbd), "--voc", str(voc)]
+    command = [
+        sys.executable,
+        "-m",
+        "segbench",
+        "convert-sbd",
+        "--sbd",
+        str(sbd),
+        "--voc",
+        str(voc),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
