@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from segbench.inference import Inference, eval_mode
-from segbench.leaderboard_records import SCORES, _is_number, accept
+from segbench.leaderboard.records import SCORES, _is_number, accept
 
 __all__ = ["record_from_wandb_run", "records_from_wandb"]
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from segbench.leaderboard import Column, Leaderboard, Row, Stat
+from segbench.leaderboard.build import Column, Leaderboard, Row, Stat
 
 __all__ = [
     "ABSENT",

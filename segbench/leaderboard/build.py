@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segbench.leaderboard_records import (
+from segbench.leaderboard.records import (
     SCORES,
     _parse_date,
     _throughput,
@@ -464,7 +464,7 @@ def write_tables(
         out_dir: output directory, created when missing.
         formats: any of ``md``, ``csv``, ``tex``, ``html``.
     """
-    from segbench.leaderboard_formats import RENDERERS
+    from segbench.leaderboard.render import RENDERERS
 
     formats = _check_names("format", formats, FORMATS)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -571,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         formats = _check_names("format", _csv_list(args.format), FORMATS)
         if args.wandb_project:
-            from segbench.leaderboard_wandb import records_from_wandb
+            from segbench.leaderboard.wandb_io import records_from_wandb
 
             records, problems = records_from_wandb(args.wandb_project)
         else:
@@ -595,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = args.wandb_project or " ".join(args.paths)
         print(f"error: no valid {RESULTS_FILE} in {where}", file=sys.stderr)
         return 1
-    from segbench.leaderboard_formats import log_to_wandb, to_markdown
+    from segbench.leaderboard.render import log_to_wandb, to_markdown
 
     out = Path(args.out) if args.out else _default_out(args.paths)
     written = write_tables(boards, out, formats)
