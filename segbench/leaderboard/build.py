@@ -38,10 +38,10 @@ from typing import Any
 
 from segbench.leaderboard.records import (
     SCORES,
-    _parse_date,
-    _throughput,
     check_record,
     collect,
+    parse_date,
+    throughput,
 )
 from segbench.results import RESULTS_FILE
 
@@ -192,7 +192,7 @@ class Row:
             self.stats[f"iou/{name}"] = Stat.of(m["per_class_iou"][name] for m in metrics)
         for key in ("params", "gflops"):
             self.stats[key] = Stat.of(r.get(key) for r in self.records)
-        self.stats["throughput"] = Stat.of(_throughput(r) for r in self.records)
+        self.stats["throughput"] = Stat.of(throughput(r) for r in self.records)
 
     @property
     def method(self) -> str:
@@ -213,7 +213,7 @@ class Row:
     @property
     def date(self) -> str | None:
         """``YYYY-MM-DD`` of the latest run (as recorded, in its time zone)."""
-        times = [_parse_date(r["created"]) for r in self.records if r.get("created")]
+        times = [parse_date(r["created"]) for r in self.records if r.get("created")]
         return max(times).date().isoformat() if times else None
 
     @property

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from segbench.inference import Inference, eval_mode
-from segbench.leaderboard.records import SCORES, _is_number, accept
+from segbench.leaderboard.records import SCORES, accept, is_number
 
 __all__ = ["record_from_wandb_run", "records_from_wandb"]
 
@@ -39,7 +39,7 @@ def record_from_wandb_run(run: Any, source: str) -> dict:
 
     def figure(key: str) -> float | None:
         value = summary.get(f"{split}/{key}")
-        return float(value) if _is_number(value) else None
+        return float(value) if is_number(value) else None
 
     return {
         "kind": "evaluate" if config.get("ckpt") else "train",
