@@ -21,13 +21,13 @@ from segbench.leaderboard import build_tables, check_record, collect, main, writ
 from segbench.leaderboard.render import (
     best_rows,
     cell_text,
-    log_to_wandb,
     table_rows,
     to_csv,
     to_html,
     to_latex,
     to_markdown,
 )
+from segbench.leaderboard.wandb_io import log_to_wandb
 from segbench.results import build_results
 
 STREETS = ["background", "road", "car_park", "sky & sea"]  # LaTeX and HTML escaping
