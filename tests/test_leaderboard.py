@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segbench.leaderboard import build_tables, check_record, collect, main, write_leaderboards
+from segbench.leaderboard import build_tables, check_record, collect, write_leaderboards
+from segbench.leaderboard.cli import main
 from segbench.leaderboard.render import (
     best_rows,
     cell_text,

@@ -24,6 +24,7 @@ from segbench.leaderboard.table import Column, Leaderboard, Row, Stat
 
 __all__ = [
     "ABSENT",
+    "FORMATS",
     "RENDERERS",
     "best_rows",
     "cell_text",
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 ABSENT = "–"  # shown for a value no run has
+FORMATS = ("md", "csv", "tex", "html")  # the file formats, by extension (RENDERERS' keys)
 STAT_KINDS = ("score", "throughput")  # columns with a mean and a std in CSV
 
 
