@@ -220,7 +220,7 @@ def test_callback_reports_a_failed_table_without_raising(tmp_path, monkeypatch, 
     LeaderboardCallback().on_multirun_end(config)  # must not raise
     err = capsys.readouterr().err
     assert "planted table error" in err
-    assert f"python -m segbench.leaderboard {tmp_path} --out {tmp_path}" in err
+    assert f"segbench leaderboard {tmp_path} --out {tmp_path}" in err
 
 
 def test_callback_options_and_an_empty_sweep(tmp_path, capsys):

@@ -1,5 +1,5 @@
 """Leaderboards and W&B: records from a W&B project's runs instead of local ``results.json``
-files (``segbench-leaderboard --wandb-project ENTITY/PROJECT``; online only), and the tables
+files (``segbench leaderboard --wandb-project ENTITY/PROJECT``; online only), and the tables
 logged as ``wandb.Table`` s (``--wandb``). ``wandb`` itself is imported only when used."""
 
 from __future__ import annotations
