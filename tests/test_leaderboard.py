@@ -17,17 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segbench.leaderboard import build_tables, check_record, collect, main, write_leaderboards
-from segbench.leaderboard_formats import (
+from segbench.leaderboard import build_tables, check_record, collect, write_leaderboards
+from segbench.leaderboard.cli import main
+from segbench.leaderboard.render import (
     best_rows,
     cell_text,
-    log_to_wandb,
     table_rows,
     to_csv,
     to_html,
     to_latex,
     to_markdown,
 )
+from segbench.leaderboard.wandb_io import log_to_wandb
 from segbench.results import build_results
 
 STREETS = ["background", "road", "car_park", "sky & sea"]  # LaTeX and HTML escaping
@@ -491,7 +492,7 @@ class _FakeRun:
 
 def test_records_from_wandb_runs(tmp_path):
     """Without a W&B server: the conversion of a run's config and summary, on fake runs."""
-    from segbench.leaderboard_wandb import records_from_wandb
+    from segbench.leaderboard.wandb_io import records_from_wandb
 
     record = make_record(tmp_path, model="deeplabv1", backbone="vgg16", dataset="pets",
                          classes=PETS, iou=[0.9, 0.5, NAN], split="val")  # fmt: skip

@@ -19,16 +19,16 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import segbench.sweep
+import segbench.leaderboard.sweep
+from segbench.leaderboard.sweep import LeaderboardCallback
 from segbench.results import RESULTS_FILE, build_results, write_results
 from segbench.run import build_model
-from segbench.sweep import LeaderboardCallback
 from tests.conftest import CONF, ROOT, compose_config, run_cli
 
 SHAPES = OmegaConf.load(CONF / "dataset" / "shapes.yaml")
 CLASSES = list(SHAPES.class_names)
 # '++' adds the callback, or overrides it once conf/train.yaml registers it
-CALLBACK = "++hydra.callbacks.leaderboard._target_=segbench.sweep.LeaderboardCallback"
+CALLBACK = "++hydra.callbacks.leaderboard._target_=segbench.leaderboard.sweep.LeaderboardCallback"
 # what a sweep test does not need: plots, loggers, per-step callbacks
 LEAN = [
     "logger=none",
@@ -146,7 +146,7 @@ def exits(monkeypatch) -> list:
     """The functions LeaderboardCallback registers to run at interpreter exit (not run)."""
     registered: list = []
     fake = types.SimpleNamespace(register=registered.append, unregister=registered.remove)
-    monkeypatch.setattr(segbench.sweep, "atexit", fake)
+    monkeypatch.setattr(segbench.leaderboard.sweep, "atexit", fake)
     return registered
 
 
@@ -220,7 +220,7 @@ def test_callback_reports_a_failed_table_without_raising(tmp_path, monkeypatch, 
     LeaderboardCallback().on_multirun_end(config)  # must not raise
     err = capsys.readouterr().err
     assert "planted table error" in err
-    assert f"python -m segbench.leaderboard {tmp_path} --out {tmp_path}" in err
+    assert f"segbench leaderboard {tmp_path} --out {tmp_path}" in err
 
 
 def test_callback_options_and_an_empty_sweep(tmp_path, capsys):

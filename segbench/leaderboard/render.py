@@ -1,7 +1,8 @@
 """How a :class:`~segbench.leaderboard.Leaderboard` is shown: Markdown (GitHub table), CSV
 (``<column>_mean`` and ``<column>_std`` apart, full precision), LaTeX (a booktabs ``table``
-float), a self-contained HTML page (inline CSS, no scripts, no external files) and a
-``wandb.Table`` (the CSV's columns).
+float) and a self-contained HTML page (inline CSS, no scripts, no external files); the
+``wandb.Table`` of :func:`segbench.leaderboard.wandb_io.log_to_wandb` has the CSV's columns
+(:func:`table_rows`).
 
 Markdown, LaTeX and HTML show ``mean ± std`` (sample std, ddof=1; none for a single run), ``–``
 for an absent value, ``(k/n)`` after a figure that only k of the row's n runs have, and the best
@@ -17,17 +18,16 @@ import html
 import io
 import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-from segbench.leaderboard import Column, Leaderboard, Row, Stat
+from segbench.leaderboard.table import Column, Leaderboard, Row, Stat
 
 __all__ = [
     "ABSENT",
+    "FORMATS",
     "RENDERERS",
     "best_rows",
     "cell_text",
-    "log_to_wandb",
     "notes",
     "scaled",
     "table_rows",
@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 ABSENT = "–"  # shown for a value no run has
+FORMATS = ("md", "csv", "tex", "html")  # the file formats, by extension (RENDERERS' keys)
 STAT_KINDS = ("score", "throughput")  # columns with a mean and a std in CSV
 
 
@@ -183,7 +184,7 @@ def to_markdown(board: Leaderboard) -> str:
     return "\n".join([*lines, "", " ".join(notes(board))]) + "\n"
 
 
-# ---------------------------------------------------------------------------------- CSV / W&B
+# ---------------------------------------------------------------------------------- CSV
 
 
 def table_rows(board: Leaderboard) -> tuple[list[str], list[list[Any]]]:
@@ -228,41 +229,6 @@ def to_csv(board: Leaderboard) -> str:
     writer.writerow(names)
     writer.writerows([["" if v is None else v for v in values] for values in data])
     return buffer.getvalue()
-
-
-def log_to_wandb(
-    boards: Sequence[Leaderboard], project: str = "segbench", out_dir: str | Path = "."
-) -> str:
-    """Log each table as a ``wandb.Table`` (the CSV's columns) under ``leaderboard/<name>`` in
-    one W&B run with ``job_type=leaderboard``: online with a W&B key, else offline under
-    ``<out_dir>/wandb`` (``WANDB_MODE`` wins). Returns the run's files directory.
-
-    Args:
-        boards: the tables.
-        project: ``ENTITY/PROJECT`` or ``PROJECT``.
-        out_dir: where W&B keeps its files.
-    """
-    import wandb
-
-    from segbench.loggers import wandb_mode
-
-    entity, _, name = project.rpartition("/")
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    run = wandb.init(
-        project=name,
-        entity=entity or None,
-        mode=wandb_mode("auto"),
-        dir=str(out_dir),
-        job_type="leaderboard",
-        name="leaderboard",
-    )
-    try:
-        for board in boards:
-            columns, data = table_rows(board)
-            run.log({f"leaderboard/{board.name}": wandb.Table(columns=columns, data=data)})
-        return str(run.dir)
-    finally:
-        run.finish()
 
 
 # ---------------------------------------------------------------------------------- LaTeX

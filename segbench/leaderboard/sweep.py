@@ -86,9 +86,9 @@ class LeaderboardCallback(Callback):
             The files written; empty when nothing could be written (reported on stderr).
         """
         where = shlex.quote(str(sweep_dir))
-        rebuild = f"python -m segbench.leaderboard {where} --out {where}"
+        rebuild = f"segbench leaderboard {where} --out {where}"
         try:
-            from segbench.leaderboard import write_leaderboards
+            from segbench.leaderboard import write_leaderboards  # the package's, looked up now
 
             kwargs = dict(self.options)
             if self.formats is not None:

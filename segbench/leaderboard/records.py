@@ -15,29 +15,55 @@ from typing import Any
 
 from segbench.results import RESULTS_FILE
 
-__all__ = ["REQUIRED", "SCORES", "accept", "check_record", "collect"]
+__all__ = [
+    "REQUIRED",
+    "SCORES",
+    "accept",
+    "check_record",
+    "collect",
+    "is_number",
+    "parse_date",
+    "throughput",
+]
 
 SCORES = ("mIoU", "pixel_acc", "mean_acc", "fwIoU", "mDice")  # fractions in [0, 1]
 REQUIRED = ("model", "backbone", "dataset", "split", "classes", "metrics")
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is a finite int or float (a bool is not a number here).
+
+    Args:
+        value: a parsed JSON value.
+    """
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _fraction_problem(name: str, value: Any, optional: bool) -> list[str]:
-    if (value is None and optional) or (_is_number(value) and 0.0 <= value <= 1.0):
+    if (value is None and optional) or (is_number(value) and 0.0 <= value <= 1.0):
         return []
     return [f"{name} must be a number in [0, 1]{' or null' if optional else ''}, got {value!r}"]
 
 
-def _parse_date(text: str) -> datetime:
+def parse_date(text: str) -> datetime:
+    """An ISO 8601 time (``Z`` allowed) as an aware datetime; UTC when it names no zone.
+
+    Args:
+        text: the record's ``created``.
+
+    Raises:
+        ValueError: ``text`` is not an ISO 8601 time.
+    """
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-def _throughput(record: dict) -> Any:
-    """Images/s: ``throughput`` as a number or ``{"images_per_s": number}``."""
+def throughput(record: dict) -> Any:
+    """Images/s: ``throughput`` as a number or ``{"images_per_s": number}``.
+
+    Args:
+        record: a parsed ``results.json``.
+    """
     value = record.get("throughput")
     return value.get("images_per_s") if isinstance(value, dict) else value
 
@@ -46,8 +72,8 @@ _OPTIONAL = (  # key, test, what is expected (null is always accepted)
     ("eval_mode", lambda v: isinstance(v, str), "a string"),
     ("kind", lambda v: isinstance(v, str), "a string"),
     ("seed", lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    ("params", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    ("gflops", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    ("params", lambda v: is_number(v) and v >= 0, "a number >= 0"),
+    ("gflops", lambda v: is_number(v) and v >= 0, "a number >= 0"),
     ("config", lambda v: isinstance(v, dict), "an object"),
     ("created", lambda v: isinstance(v, str), "an ISO 8601 time"),
 )
@@ -102,12 +128,12 @@ def check_record(record: Any) -> list[str]:
     for key, ok, expected in _OPTIONAL:
         if record.get(key) is not None and not ok(record[key]):
             problems.append(f"{key} must be {expected} or null, got {record[key]!r}")
-    value = _throughput(record)
-    if value is not None and not (_is_number(value) and value >= 0):
+    value = throughput(record)
+    if value is not None and not (is_number(value) and value >= 0):
         problems.append(f"throughput must be images/s (a number >= 0) or null, got {value!r}")
     if isinstance(record.get("created"), str):
         try:
-            _parse_date(record["created"])
+            parse_date(record["created"])
         except ValueError:
             problems.append(f"created must be an ISO 8601 time, got {record['created']!r}")
     return problems

@@ -1,14 +1,19 @@
-"""Leaderboard records from a W&B project's runs instead of local ``results.json`` files
-(``segbench-leaderboard --wandb-project ENTITY/PROJECT``; online only)."""
+"""Leaderboards and W&B: records from a W&B project's runs instead of local ``results.json``
+files (``segbench leaderboard --wandb-project ENTITY/PROJECT``; online only), and the tables
+logged as ``wandb.Table`` s (``--wandb``). ``wandb`` itself is imported only when used."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from segbench.inference import Inference, eval_mode
-from segbench.leaderboard_records import SCORES, _is_number, accept
+from segbench.leaderboard.records import SCORES, accept, is_number
+from segbench.leaderboard.render import table_rows
+from segbench.leaderboard.table import Leaderboard
 
-__all__ = ["record_from_wandb_run", "records_from_wandb"]
+__all__ = ["log_to_wandb", "record_from_wandb_run", "records_from_wandb"]
 
 
 def _eval_mode_of(config: dict) -> str:
@@ -39,7 +44,7 @@ def record_from_wandb_run(run: Any, source: str) -> dict:
 
     def figure(key: str) -> float | None:
         value = summary.get(f"{split}/{key}")
-        return float(value) if _is_number(value) else None
+        return float(value) if is_number(value) else None
 
     return {
         "kind": "evaluate" if config.get("ckpt") else "train",
@@ -95,3 +100,41 @@ def records_from_wandb(project: str, *, api: Any = None) -> tuple[list[dict], li
             continue
         accept(record, source, records, problems)
     return records, problems
+
+
+# ---------------------------------------------------------------------------------- W&B table
+
+
+def log_to_wandb(
+    boards: Sequence[Leaderboard], project: str = "segbench", out_dir: str | Path = "."
+) -> str:
+    """Log each table as a ``wandb.Table`` (the CSV's columns) under ``leaderboard/<name>`` in
+    one W&B run with ``job_type=leaderboard``: online with a W&B key, else offline under
+    ``<out_dir>/wandb`` (``WANDB_MODE`` wins). Returns the run's files directory.
+
+    Args:
+        boards: the tables.
+        project: ``ENTITY/PROJECT`` or ``PROJECT``.
+        out_dir: where W&B keeps its files.
+    """
+    import wandb
+
+    from segbench.loggers import wandb_mode
+
+    entity, _, name = project.rpartition("/")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    run = wandb.init(
+        project=name,
+        entity=entity or None,
+        mode=wandb_mode("auto"),
+        dir=str(out_dir),
+        job_type="leaderboard",
+        name="leaderboard",
+    )
+    try:
+        for board in boards:
+            columns, data = table_rows(board)
+            run.log({f"leaderboard/{board.name}": wandb.Table(columns=columns, data=data)})
+        return str(run.dir)
+    finally:
+        run.finish()
