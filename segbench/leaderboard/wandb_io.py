@@ -78,7 +78,7 @@ def records_from_wandb(project: str, *, api: Any = None) -> tuple[list[dict], li
         ``(records, problems)`` as :func:`collect`; unfinished or unusable runs are reported.
     """
     if api is None:
-        from segbench.loggers import wandb_mode
+        from segbench.engine.loggers import wandb_mode
 
         if wandb_mode("auto") != "online":
             raise RuntimeError(
@@ -119,7 +119,7 @@ def log_to_wandb(
     """
     import wandb
 
-    from segbench.loggers import wandb_mode
+    from segbench.engine.loggers import wandb_mode
 
     entity, _, name = project.rpartition("/")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
