@@ -9,9 +9,8 @@ from torch import nn
 
 from segbench.models.base import count_parameters
 from segbench.models.deeplab import ASPPPooling, DeepLabV1, DeepLabV3, DeepLabV3Plus
-from segbench.models.encoders import TimmEncoder
+from segbench.models.encoders import TimmEncoder, VGGEncoder
 from segbench.models.pspnet import PSPNet
-from segbench.models.vgg import VGGEncoder
 from segbench.run import build_model
 from tests.conftest import compose_config
 

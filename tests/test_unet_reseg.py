@@ -7,10 +7,9 @@ import torch
 from torch import nn
 
 from segbench.models.base import count_parameters
-from segbench.models.encoders import TimmEncoder
+from segbench.models.encoders import TimmEncoder, VGGEncoder
 from segbench.models.reseg import ReNetLayer, ReSeg, ReSegDecoder
 from segbench.models.unet import UNet, UNetEncoder
-from segbench.models.vgg import VGGEncoder
 from segbench.run import build_model
 from tests.conftest import compose_config
 

@@ -2,7 +2,6 @@
 file per architecture family."""
 
 from segbench.models.base import SegmentationModel
-from segbench.models.encoders import TimmEncoder
-from segbench.models.vgg import VGGEncoder
+from segbench.models.encoders import TimmEncoder, VGGEncoder
 
 __all__ = ["SegmentationModel", "TimmEncoder", "VGGEncoder"]

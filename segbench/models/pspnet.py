@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from segbench.models.base import SegmentationModel
 from segbench.models.blocks import conv_bn_relu
-from segbench.models.deeplab import check_dilated_encoder
+from segbench.models.encoders import encoder_name, require_dilated
 
 __all__ = ["PSPNet", "PyramidPooling"]
 
@@ -106,11 +106,11 @@ class PSPNet(SegmentationModel):
         aux_channels: int = 256,
         dropout: float = 0.1,
     ) -> None:
-        check_dilated_encoder("PSPNet", encoder, output_stride)
+        require_dilated(encoder, output_stride, "PSPNet")
         if aux and len(encoder.channels) < 2:
-            enc_name = getattr(encoder, "name", type(encoder).__name__)
+            name = encoder_name(encoder)
             raise ValueError(
-                f"PSPNet: encoder {enc_name!r} returns one feature level, the auxiliary head "
+                f"PSPNet: encoder {name!r} returns one feature level, the auxiliary head "
                 "needs the stage before last; use a backbone such as resnet50 or set aux=false"
             )
         decoder = PSPDecoder(encoder.channels[-1], list(bins), channels, dropout)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segbench.models.base import SegmentationModel
+from segbench.models.encoders import encoder_name
 
 __all__ = ["ReNetLayer", "ReSeg", "ReSegDecoder", "truncate_encoder"]
 
@@ -209,7 +210,7 @@ class ReSeg(SegmentationModel):
         if feature_index is None:
             feature_index = _default_index(strides)
         if not -len(strides) <= feature_index < len(strides):
-            name = getattr(encoder, "name", type(encoder).__name__)
+            name = encoder_name(encoder)
             raise ValueError(
                 f"ReSeg: feature_index {feature_index} is out of range for backbone {name!r}, "
                 f"which returns {len(strides)} levels (strides {strides}); use an index in "

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from segbench.models.base import SegmentationModel
 from segbench.models.blocks import conv_bn_relu
+from segbench.models.encoders import encoder_name
 
 __all__ = ["UNet", "UNetDecoder", "UNetEncoder"]
 
@@ -197,7 +198,7 @@ class UNet(SegmentationModel):
         decoder_channels: list[int] | None = None,
         batch_norm: bool = True,
     ) -> None:
-        name = getattr(encoder, "name", type(encoder).__name__)
+        name = encoder_name(encoder)
         strides = list(encoder.strides)
         if len(strides) < 2:
             raise ValueError(

@@ -1,7 +1,8 @@
-"""Encoders: a thin adapter over timm's ``features_only`` models.
+"""``TimmEncoder``: a thin adapter over timm's ``features_only`` models, meeting the encoder
+contract of :mod:`segbench.models.encoders.base`.
 
-Decoders never assume a fixed number of levels: they read ``encoder.channels`` and
-``encoder.strides`` (one entry per returned feature map, finest first).
+(This module is ``segbench.models.encoders.timm``; ``import timm`` below is absolute and loads
+the timm package itself.)
 """
 
 from __future__ import annotations
