@@ -2,7 +2,12 @@
 encoders that keep their pooling switches (``vgg``). U-Net's contracting path lives with U-Net
 (:class:`segbench.models.unet.UNetEncoder`)."""
 
-from segbench.models.encoders.base import encoder_name, require_dilated, require_pooling
+from segbench.models.encoders.base import (
+    encoder_name,
+    levels_until,
+    require_dilated,
+    require_pooling,
+)
 from segbench.models.encoders.timm import TimmEncoder
 from segbench.models.encoders.vgg import VGGEncoder
 
@@ -10,6 +15,7 @@ __all__ = [
     "TimmEncoder",
     "VGGEncoder",
     "encoder_name",
+    "levels_until",
     "require_dilated",
     "require_pooling",
 ]

@@ -9,19 +9,40 @@ level, finest first. It exposes
 - ``name``: a label for messages (the backbone config's ``name``); :func:`encoder_name` falls
   back to the class name for foreign encoders.
 
-Decoders read ``channels`` and ``strides`` and never assume a number of levels.
+Decoders read ``channels`` and ``strides`` and never assume a number of levels. Which levels an
+encoder returns is fixed when it is built, never edited afterwards: segbench's encoders take
+``until_stride`` (see :func:`levels_until`) for models that read only early levels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
-__all__ = ["encoder_name", "require_dilated", "require_pooling"]
+__all__ = ["encoder_name", "levels_until", "require_dilated", "require_pooling"]
 
 
 def encoder_name(encoder: nn.Module) -> str:
     """The encoder's ``name`` (its backbone label), else its class name."""
     return getattr(encoder, "name", type(encoder).__name__)
+
+
+def levels_until(strides: Sequence[int], until_stride: int | None) -> int:
+    """How many levels, finest first, reach up to the first one at stride ``until_stride`` or
+    coarser; all of them when none does or ``until_stride`` is ``None``.
+
+    An encoder built with ``until_stride`` returns that many levels and keeps no layer after
+    them (a layer whose output is never read would get no gradient, which DDP refuses).
+    """
+    if until_stride is None:
+        return len(strides)
+    if int(until_stride) < 1:
+        raise ValueError(f"until_stride must be a positive stride or null, got {until_stride}")
+    for i, stride in enumerate(strides):
+        if stride >= until_stride:
+            return i + 1
+    return len(strides)
 
 
 def require_dilated(

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from segbench.models.encoders.base import levels_until
+
 __all__ = ["VGG_STAGES", "VGGEncoder"]
 
 # conv widths per stage (each stage ends with a 2×2 max-pool)
@@ -36,6 +38,10 @@ class VGGEncoder(nn.Module):
     With ``output_stride`` below 2^N the last pools become 3×3 stride-1 pools (DeepLab v1's
     choice) and the convolutions after them are dilated to keep their field of view.
 
+    With ``until_stride`` the encoder stops at the first stage reaching that stride: the later
+    stages are made (so that a seeded encoder draws the same weights either way, as timm's
+    ``FeatureListNet`` builds the whole network) but not kept.
+
     Args:
         name: ``vgg11``/``vgg13``/``vgg16``/``vgg19`` (``_bn`` suffix allowed), or any label
             when ``stages`` is given.
@@ -46,6 +52,8 @@ class VGGEncoder(nn.Module):
         in_chans: input channels.
         pretrained: load weights; only together with a local ``weights`` file.
         weights: path to a local state dict in torchvision/timm VGG format.
+        until_stride: return the stages up to the first one at this stride or coarser (ReSeg:
+            4); ``None``: all of them.
     """
 
     def __init__(
@@ -58,6 +66,7 @@ class VGGEncoder(nn.Module):
         in_chans: int = 3,
         pretrained: bool = False,
         weights: str | None = None,
+        until_stride: int | None = None,
     ) -> None:
         super().__init__()
         if stages is None:
@@ -74,16 +83,15 @@ class VGGEncoder(nn.Module):
                 f"{natural}, got {output_stride}"
             )
         self.name = name
-        self.output_stride = output_stride
         self.natural_stride = natural
-        self.channels: list[int] = []
-        self.strides: list[int] = []
-        self.stage_convs: list[int] = [len(s) for s in stages]
         self.kernel_size = kernel_size
         self.batch_norm = batch_norm
 
         layers: list[nn.Module] = []
-        self._pool_at: list[int] = []  # index in self.features of every stage's pool
+        pool_at: list[int] = []  # index in layers of every stage's pool
+        channels: list[int] = []
+        strides: list[int] = []
+        dilations: list[int] = []
         stride, dilation, c_in = 1, 1, in_chans
         for widths in stages:
             for c_out in widths:
@@ -99,20 +107,27 @@ class VGGEncoder(nn.Module):
             else:  # keep the resolution, widen the following convs instead
                 pool = nn.MaxPool2d(3, 1, padding=1, return_indices=True)
                 dilation *= 2
-            self._pool_at.append(len(layers))
+            pool_at.append(len(layers))
             layers.append(pool)
-            self.channels.append(c_in)
-            self.strides.append(stride)
+            channels.append(c_in)
+            strides.append(stride)
+            dilations.append(dilation)
         self.features = nn.Sequential(*layers)
-        self.dilation = dilation  # dilation a layer after the encoder needs to keep its view
-
-        if weights is not None:
+        if weights is not None:  # a whole VGG's state dict: loaded before the cut below
             self.load_weights(weights)
         elif pretrained:
             raise ValueError(
                 f"backbone {name!r}: pretrained=true needs a local `weights` file; "
                 "segbench never downloads weights (set backbone.weights=/path/to/file.pth)"
             )
+
+        n = levels_until(strides, until_stride)
+        self.features = self.features[: pool_at[n - 1] + 1]
+        self.channels: list[int] = channels[:n]
+        self.strides: list[int] = strides[:n]
+        self.stage_convs: list[int] = [len(s) for s in stages[:n]]
+        self.output_stride = strides[n - 1]
+        self.dilation = dilations[n - 1]  # dilation a layer after the encoder needs for its view
 
     def load_weights(self, path: str) -> None:
         """Load ``features.*`` tensors from a local torchvision/timm VGG state dict."""
@@ -150,15 +165,6 @@ class VGGEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return self.forward_with_indices(x)[0]
-
-    def truncate(self, num_levels: int) -> None:
-        """Keep the first ``num_levels`` stages; drop the layers after them."""
-        self.features = self.features[: self._pool_at[num_levels - 1] + 1]
-        self._pool_at = self._pool_at[:num_levels]
-        self.stage_convs = self.stage_convs[:num_levels]
-        self.channels = self.channels[:num_levels]
-        self.strides = self.strides[:num_levels]
-        self.output_stride = self.strides[-1]
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, channels={self.channels}, strides={self.strides}"
