@@ -81,8 +81,9 @@ class PSPNet(SegmentationModel):
     """PSPNet (Zhao et al., 2017) on a dilated encoder, with the auxiliary classifier.
 
     The auxiliary head (3×3 conv → BN → ReLU → dropout → 1×1 classifier) reads encoder level
-    ``-2`` (ResNet's layer3) and its output ``"aux"`` is returned in training only; the loss
-    weight (0.4) is the config's ``aux_weight``. Training needs a batch of at least 2.
+    ``-2`` (ResNet's layer3) and its output ``"aux"`` is returned in training only; its loss
+    weight is ``aux_weight`` (0.4), which the training task reads from the model. Training needs
+    a batch of at least 2.
 
     Args:
         encoder: a dilated encoder ending at ``output_stride`` (ResNet in the paper).
@@ -93,6 +94,7 @@ class PSPNet(SegmentationModel):
         aux: build the auxiliary classifier.
         aux_channels: width of the auxiliary 3×3 conv (256).
         dropout: dropout before both classifiers (0.1).
+        aux_weight: loss weight of the auxiliary output (0.4 in the paper; unused without it).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class PSPNet(SegmentationModel):
         aux: bool = True,
         aux_channels: int = 256,
         dropout: float = 0.1,
+        aux_weight: float = 0.4,
     ) -> None:
         require_dilated(encoder, output_stride, "PSPNet")
         if aux and len(encoder.channels) < 2:
@@ -122,5 +125,13 @@ class PSPNet(SegmentationModel):
                 nn.Dropout(dropout),
                 nn.Conv2d(aux_channels, num_classes, 1),
             )
-        super().__init__(encoder, decoder, head, num_classes, aux_head=aux_head, aux_index=-2)
+        super().__init__(
+            encoder,
+            decoder,
+            head,
+            num_classes,
+            aux_head=aux_head,
+            aux_index=-2,
+            aux_weight=aux_weight,
+        )
         self.output_stride = output_stride
