@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SegmentationModel", "count_parameters"]
+__all__ = ["SegmentationModel", "count_parameters", "segmenter_of"]
 
 
 class SegmentationModel(nn.Module):
@@ -63,3 +63,9 @@ class SegmentationModel(nn.Module):
 def count_parameters(module: nn.Module) -> int:
     """Number of parameters, trainable or not."""
     return sum(p.numel() for p in module.parameters())
+
+
+def segmenter_of(model: nn.Module) -> nn.Module:
+    """The network that makes the predictions: a GAN-seg model's ``segmenter``, otherwise the
+    model itself (the network parameter counts and FLOPs are reported for)."""
+    return getattr(model, "segmenter", model)
