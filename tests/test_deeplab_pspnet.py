@@ -9,9 +9,8 @@ from torch import nn
 
 from segbench.models.base import count_parameters
 from segbench.models.deeplab import ASPPPooling, DeepLabV1, DeepLabV3, DeepLabV3Plus
-from segbench.models.encoders import TimmEncoder
+from segbench.models.encoders import TimmEncoder, VGGEncoder
 from segbench.models.pspnet import PSPNet
-from segbench.models.vgg import VGGEncoder
 from segbench.run import build_model
 from tests.conftest import compose_config
 
@@ -91,6 +90,9 @@ def test_paper_backbones_are_the_defaults_and_stay_overridable(tmp_path):
     psp = compose_config("train", ["model=pspnet"], tmp_path)
     assert psp.backbone.name == "resnet18" and psp.backbone.output_stride == 8
     assert psp.model.aux_weight == 0.4
+    # the auxiliary loss weight is a model argument: the task reads it from the model
+    overrides = ["model=pspnet", "backbone=tiny", "model.aux_weight=0.3"]
+    assert build_model(compose_config("train", overrides, tmp_path).model).aux_weight == 0.3
     v3 = compose_config("train", ["model=deeplabv3", "backbone=resnet50"], tmp_path)
     assert v3.backbone.name == "resnet50" and v3.backbone.output_stride == 16
 
@@ -162,7 +164,7 @@ def test_v3plus_falls_back_to_the_finest_level_and_refuses_without_one():
 def test_pspnet_aux_in_training_only_and_bins(encoder):
     torch.manual_seed(0)
     net = build("pspnet", encoder)
-    assert net.aux_index == -2 and net.aux_head is not None
+    assert net.aux_index == -2 and net.aux_head is not None and net.aux_weight == 0.4
     pooled = []
     hooks = [
         m.register_forward_hook(lambda m, i, o: pooled.append(tuple(o.shape[-2:])))

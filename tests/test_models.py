@@ -100,12 +100,16 @@ def test_auxiliary_head_output_and_weighted_loss(encoder_factory):
         head=torch.nn.Conv2d(enc.channels[-1], 3, 1),
         num_classes=3,
         aux_head=torch.nn.Conv2d(enc.channels[-2], 3, 1),
+        aux_weight=0.4,
     )
     x, y = torch.randn(2, 3, 33, 47), torch.randint(0, 3, (2, 33, 47))
     out = model.train()(x)
     assert out["out"].shape == out["aux"].shape == (2, 3, 33, 47)
     assert "aux" not in model.eval()(x)
     loss = CrossEntropyLoss(3)
-    task = SegmentationTask(model, loss, None, None, 3, 255, ["a", "b", "c"], aux_weight=0.4)
+    assert model.aux_weight == 0.4
+    task = SegmentationTask(
+        model, loss, None, None, 3, 255, ["a", "b", "c"], aux_weight=model.aux_weight
+    )
     expected = loss(out["out"], y) + 0.4 * loss(out["aux"], y)
     torch.testing.assert_close(task._loss(out, y), expected)

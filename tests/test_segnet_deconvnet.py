@@ -10,9 +10,8 @@ from hydra.errors import InstantiationException
 
 from segbench.models.base import count_parameters
 from segbench.models.deconvnet import DeconvNet
-from segbench.models.encoders import TimmEncoder
+from segbench.models.encoders import TimmEncoder, VGGEncoder
 from segbench.models.segnet import BayesianSegNet, MaxUnpool, SegNet
-from segbench.models.vgg import VGGEncoder
 from segbench.run import build_model
 from tests.conftest import compose_config
 
@@ -76,7 +75,9 @@ def test_paper_backbone_is_the_default(model_name, backbone, kernel, tmp_path):
     """Compose only: the paper-size models are built in the slow tests."""
     cfg = compose_config("train", [f"model={model_name}"], tmp_path)
     assert cfg.backbone.name == backbone
-    assert cfg.backbone._target_ == "segbench.models.vgg.VGGEncoder" and cfg.backbone.batch_norm
+    assert (
+        cfg.backbone._target_ == "segbench.models.encoders.VGGEncoder" and cfg.backbone.batch_norm
+    )
     if kernel is not None:
         assert cfg.backbone.kernel_size == kernel and list(cfg.backbone.stages) == [[64]] * 4
         assert cfg.model.decoder_relu is False and cfg.model.head_kernel == 1

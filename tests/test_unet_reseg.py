@@ -7,22 +7,25 @@ import torch
 from torch import nn
 
 from segbench.models.base import count_parameters
-from segbench.models.encoders import TimmEncoder
+from segbench.models.encoders import TimmEncoder, VGGEncoder
 from segbench.models.reseg import ReNetLayer, ReSeg, ReSegDecoder
 from segbench.models.unet import UNet, UNetEncoder
-from segbench.models.vgg import VGGEncoder
 from segbench.run import build_model
 from tests.conftest import compose_config
 
 ENCODERS = {
-    "vgg_tiny": lambda: VGGEncoder("tiny", stages=[[8], [16], [32], [32], [32]], batch_norm=True),
-    "test_resnet": lambda: TimmEncoder("test_resnet"),
-    "unet_small": lambda: UNetEncoder(widths=[8, 16, 32]),
+    "vgg_tiny": lambda **kw: VGGEncoder(
+        "tiny", stages=[[8], [16], [32], [32], [32]], batch_norm=True, **kw
+    ),
+    "test_resnet": lambda **kw: TimmEncoder("test_resnet", **kw),
+    "unet_small": lambda **kw: UNetEncoder(widths=[8, 16, 32], **kw),
 }
 MODELS = {
     "unet": lambda enc: UNet(enc, 5, decoder_channels=None),
     "reseg": lambda enc: ReSeg(enc, 5, renet_hidden=[8, 8], upsample_channels=8),
 }
+# ReSeg reads the stride-4 level: its encoder is built to stop there
+ENCODER_KW = {"unet": {}, "reseg": {"until_stride": 4}}
 
 
 def _encoder_grads(model: nn.Module) -> list[torch.Tensor | None]:
@@ -34,13 +37,13 @@ def _encoder_grads(model: nn.Module) -> list[torch.Tensor | None]:
 @pytest.mark.parametrize("model_name", list(MODELS))
 def test_output_size_gradients_and_eval(model_name, encoder, size):
     torch.manual_seed(0)
-    model = MODELS[model_name](ENCODERS[encoder]())
+    model = MODELS[model_name](ENCODERS[encoder](**ENCODER_KW[model_name]))
     x = torch.randn(2, 3, *size)
     out = model.train()(x)
     assert set(out) == {"out"} and out["out"].shape == (2, 5, *size)
     out["out"].logsumexp(1).mean().backward()
     grads = _encoder_grads(model)
-    # every encoder parameter is used (ReSeg drops the levels it does not read): DDP-safe
+    # every encoder parameter is used (ReSeg's encoder stops at the level it reads): DDP-safe
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
     with torch.no_grad():
         model.eval()
@@ -124,7 +127,8 @@ def test_reseg_rnn_options_and_shapes(rnn):
     layer = ReNetLayer(3, 5, patch_size=(2, 3), rnn=rnn)
     assert isinstance(layer.vertical, nn.GRU if rnn == "gru" else nn.LSTM)
     assert layer(torch.randn(2, 3, 7, 8)).shape == (2, 10, 4, 3)  # padded to 8×9, then patched
-    model = ReSeg(ENCODERS["vgg_tiny"](), 3, renet_hidden=[6], patch_sizes=[[2, 2]], rnn=rnn)
+    enc = ENCODERS["vgg_tiny"](until_stride=4)
+    model = ReSeg(enc, 3, renet_hidden=[6], patch_sizes=[[2, 2]], rnn=rnn)
     out = model(torch.randn(2, 3, 65, 97))["out"]
     assert out.shape == (2, 3, 65, 97)
     out.mean().backward()
@@ -133,23 +137,47 @@ def test_reseg_rnn_options_and_shapes(rnn):
 
 def test_reseg_reads_the_stride_4_level_and_drops_deeper_ones():
     torch.manual_seed(0)
-    enc = ENCODERS["vgg_tiny"]()
+    enc = ENCODERS["vgg_tiny"](until_stride=4)
     model = ReSeg(enc, 3, renet_hidden=[4, 4], upsample_channels=[5, 6, 7])
-    assert model.feature_index == 1 and model.encoder_truncated
+    assert model.feature_index == 1
     assert enc.strides == [2, 4] and enc.channels == [8, 16]
     dec = model.decoder
     assert dec.renets[0].vertical.input_size == 16 * 2 * 2  # flattened 2×2 patches of pool2
     ups = [m for m in dec.upsample if isinstance(m, nn.ConvTranspose2d)]
     assert [u.out_channels for u in ups] == [5, 6, 7]  # ×8: stride 4 × patch 2
     one = {"renet_hidden": [4], "patch_sizes": [[2, 2]]}
-    assert ReSeg(UNetEncoder(widths=[4, 4, 4, 4]), 3, **one).feature_index == 2
-    assert ReSeg(TimmEncoder("test_resnet"), 3, **one).encoder.strides == [2, 4]
+    assert ReSeg(UNetEncoder(widths=[4, 4, 4, 4], until_stride=4), 3, **one).feature_index == 2
+    assert ReSeg(TimmEncoder("test_resnet", until_stride=4), 3, **one).encoder.strides == [2, 4]
+    # an encoder with levels deeper than the one read is refused: they would get no gradient
+    with pytest.raises(ValueError, match=r"ReSeg reads level 1 \(stride 4\).*until_stride=4"):
+        ReSeg(ENCODERS["vgg_tiny"](), 3)
     with pytest.raises(ValueError, match="ReSeg: feature_index 7 is out of range.*'tiny'"):
         ReSeg(ENCODERS["vgg_tiny"](), 3, feature_index=7)
     with pytest.raises(ValueError, match="upsample_channels needs 3 widths"):
-        ReSeg(ENCODERS["vgg_tiny"](), 3, upsample_channels=[4, 4])
+        ReSeg(ENCODERS["vgg_tiny"](until_stride=4), 3, upsample_channels=[4, 4])
     with pytest.raises(ValueError, match="rnn must be one of"):
         ReNetLayer(3, 4, rnn="rnn")
+
+
+@pytest.mark.parametrize("encoder", list(ENCODERS))
+def test_until_stride_keeps_the_seeded_weights_of_the_levels_it_keeps(encoder):
+    """An encoder stopped at stride 4 holds the full encoder's first layers with the same
+    weights from the same seed, and leaves the RNG where the full one does (so that a decoder
+    built after it gets the same weights too)."""
+    torch.manual_seed(0)
+    full = ENCODERS[encoder]()
+    after_full = torch.randn(3)
+    torch.manual_seed(0)
+    stopped = ENCODERS[encoder](until_stride=4)
+    torch.testing.assert_close(torch.randn(3), after_full, rtol=0, atol=0)
+    n = full.strides.index(4) + 1
+    assert stopped.strides == full.strides[:n] and stopped.channels == full.channels[:n]
+    kept, whole = stopped.state_dict(), full.state_dict()
+    assert set(kept) <= set(whole) and all(torch.equal(v, whole[k]) for k, v in kept.items())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        for a, b in zip(stopped.eval()(x), full.eval()(x)[:n], strict=True):
+            torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,8 @@ class SegmentationModel(nn.Module):
         num_classes: number of output classes.
         aux_head: optional auxiliary classifier on an encoder level, used in training only.
         aux_index: which encoder level ``aux_head`` reads.
+        aux_weight: loss weight of ``aux_head``'s output; the training task reads
+            ``model.aux_weight`` (0 without an auxiliary head).
 
     Returns (from ``forward``):
         ``{"out": (B, num_classes, H, W)}`` plus ``"aux"`` in training mode when an auxiliary
@@ -36,6 +38,7 @@ class SegmentationModel(nn.Module):
         num_classes: int,
         aux_head: nn.Module | None = None,
         aux_index: int = -2,
+        aux_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -43,6 +46,7 @@ class SegmentationModel(nn.Module):
         self.head = head
         self.aux_head = aux_head
         self.aux_index = aux_index
+        self.aux_weight = float(aux_weight)
         self.num_classes = num_classes
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
@@ -62,5 +66,6 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def segmenter_of(model: nn.Module) -> nn.Module:
-    """The network that makes predictions (a wrapper's ``segmenter``; otherwise the model)."""
+    """The network that makes the predictions: a wrapper model's ``segmenter``, otherwise the
+    model itself (the network whose parameters and FLOPs are reported)."""
     return getattr(model, "segmenter", model)

@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from segbench.models.base import SegmentationModel
 from segbench.models.blocks import conv_bn_relu
-from segbench.models.segnet import UnpoolDecoder, check_pooling_encoder
+from segbench.models.encoders import require_pooling
+from segbench.models.segnet import UnpoolDecoder
 
 __all__ = ["DeconvNet"]
 
@@ -40,7 +41,7 @@ class DeconvNet(SegmentationModel):
         fc_kernel: int = 7,
         fc_padding: str = "same",
     ) -> None:
-        check_pooling_encoder(encoder, "DeconvNet")
+        require_pooling(encoder, "DeconvNet")
         if fc_padding not in ("same", "valid"):
             raise ValueError(f"DeconvNet: fc_padding must be 'same' or 'valid', got {fc_padding!r}")
         decoder = UnpoolDecoder(

@@ -19,32 +19,9 @@ from torch import Tensor, nn
 
 from segbench.models.base import SegmentationModel
 from segbench.models.blocks import conv_bn_relu
+from segbench.models.encoders import encoder_name, require_dilated
 
-__all__ = ["ASPP", "DeepLabV1", "DeepLabV3", "DeepLabV3Plus", "check_dilated_encoder"]
-
-
-def check_dilated_encoder(
-    model: str, encoder: nn.Module, output_stride: int, allowed: tuple[int, ...] = (8, 16)
-) -> None:
-    """Refuse an encoder that does not end at ``output_stride`` (a dilated encoder)."""
-    enc_name = getattr(encoder, "name", type(encoder).__name__)
-    if output_stride not in allowed:
-        raise ValueError(
-            f"{model}: output_stride must be one of {list(allowed)}, got {output_stride!r}"
-        )
-    strides = getattr(encoder, "strides", None)
-    if not strides or not getattr(encoder, "channels", None):
-        raise ValueError(
-            f"{model}: encoder {enc_name!r} must expose `channels` and `strides` (one per "
-            "feature map); use a segbench backbone such as resnet50 or vgg16"
-        )
-    if strides[-1] != output_stride:
-        raise ValueError(
-            f"{model}: encoder {enc_name!r} ends at stride {strides[-1]} (strides {list(strides)})"
-            f", expected a dilated encoder with output stride {output_stride}; build the backbone "
-            f"with output_stride={output_stride} (the backbone configs follow "
-            "model.output_stride: do not set backbone.output_stride yourself)"
-        )
+__all__ = ["ASPP", "DeepLabV1", "DeepLabV3", "DeepLabV3Plus"]
 
 
 class ASPPPooling(nn.Module):
@@ -165,7 +142,7 @@ class DeepLabV1(SegmentationModel):
         dropout: float = 0.5,
         crf: nn.Module | None = None,
     ) -> None:
-        check_dilated_encoder("DeepLabV1", encoder, output_stride)
+        require_dilated(encoder, output_stride, "DeepLabV1")
         dilation = max(1, fc_dilation * 8 // output_stride)
         decoder = LargeFOVHead(encoder.channels[-1], fc_channels, dilation, dropout)
         super().__init__(encoder, decoder, nn.Conv2d(fc_channels, num_classes, 1), num_classes)
@@ -223,7 +200,7 @@ class DeepLabV3(SegmentationModel):
         channels: int = 256,
         dropout: float = 0.1,
     ) -> None:
-        check_dilated_encoder("DeepLabV3", encoder, output_stride)
+        require_dilated(encoder, output_stride, "DeepLabV3")
         rates = _default_rates(atrous_rates, output_stride)
         decoder = DeepLabV3Decoder(encoder.channels[-1], rates, channels, dropout)
         super().__init__(encoder, decoder, nn.Conv2d(channels, num_classes, 1), num_classes)
@@ -235,9 +212,9 @@ def _low_level_index(encoder: nn.Module) -> int:
     strides = list(encoder.strides)
     candidates = [i for i, s in enumerate(strides) if 4 <= s < strides[-1]]
     if not candidates:
-        enc_name = getattr(encoder, "name", type(encoder).__name__)
+        name = encoder_name(encoder)
         raise ValueError(
-            f"DeepLabV3Plus: encoder {enc_name!r} (strides {strides}) has no low-level feature "
+            f"DeepLabV3Plus: encoder {name!r} (strides {strides}) has no low-level feature "
             f"at stride 4 or coarser but finer than its output stride {strides[-1]}; use a "
             "backbone returning a stride-4 level such as resnet50, resnet18 or vgg16"
         )
@@ -309,7 +286,7 @@ class DeepLabV3Plus(SegmentationModel):
         low_level_channels: int = 48,
         dropout: float = 0.1,
     ) -> None:
-        check_dilated_encoder("DeepLabV3Plus", encoder, output_stride)
+        require_dilated(encoder, output_stride, "DeepLabV3Plus")
         low = _low_level_index(encoder)
         rates = _default_rates(atrous_rates, output_stride)
         decoder = DeepLabV3PlusDecoder(

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from segbench.models.base import SegmentationModel
 from segbench.models.blocks import conv_bn_relu
-from segbench.models.deeplab import check_dilated_encoder
+from segbench.models.encoders import encoder_name, require_dilated
 
 __all__ = ["PSPNet", "PyramidPooling"]
 
@@ -81,8 +81,9 @@ class PSPNet(SegmentationModel):
     """PSPNet (Zhao et al., 2017) on a dilated encoder, with the auxiliary classifier.
 
     The auxiliary head (3×3 conv → BN → ReLU → dropout → 1×1 classifier) reads encoder level
-    ``-2`` (ResNet's layer3) and its output ``"aux"`` is returned in training only; the loss
-    weight (0.4) is the config's ``aux_weight``. Training needs a batch of at least 2.
+    ``-2`` (ResNet's layer3) and its output ``"aux"`` is returned in training only; its loss
+    weight is ``aux_weight`` (0.4), which the training task reads from the model. Training needs
+    a batch of at least 2.
 
     Args:
         encoder: a dilated encoder ending at ``output_stride`` (ResNet in the paper).
@@ -93,6 +94,7 @@ class PSPNet(SegmentationModel):
         aux: build the auxiliary classifier.
         aux_channels: width of the auxiliary 3×3 conv (256).
         dropout: dropout before both classifiers (0.1).
+        aux_weight: loss weight of the auxiliary output (0.4 in the paper; unused without it).
     """
 
     def __init__(
@@ -105,12 +107,13 @@ class PSPNet(SegmentationModel):
         aux: bool = True,
         aux_channels: int = 256,
         dropout: float = 0.1,
+        aux_weight: float = 0.4,
     ) -> None:
-        check_dilated_encoder("PSPNet", encoder, output_stride)
+        require_dilated(encoder, output_stride, "PSPNet")
         if aux and len(encoder.channels) < 2:
-            enc_name = getattr(encoder, "name", type(encoder).__name__)
+            name = encoder_name(encoder)
             raise ValueError(
-                f"PSPNet: encoder {enc_name!r} returns one feature level, the auxiliary head "
+                f"PSPNet: encoder {name!r} returns one feature level, the auxiliary head "
                 "needs the stage before last; use a backbone such as resnet50 or set aux=false"
             )
         decoder = PSPDecoder(encoder.channels[-1], list(bins), channels, dropout)
@@ -122,5 +125,13 @@ class PSPNet(SegmentationModel):
                 nn.Dropout(dropout),
                 nn.Conv2d(aux_channels, num_classes, 1),
             )
-        super().__init__(encoder, decoder, head, num_classes, aux_head=aux_head, aux_index=-2)
+        super().__init__(
+            encoder,
+            decoder,
+            head,
+            num_classes,
+            aux_head=aux_head,
+            aux_index=-2,
+            aux_weight=aux_weight,
+        )
         self.output_stride = output_stride

@@ -8,9 +8,10 @@ bidirectional RNN along every row of the vertical sweep's output (horizontal swe
 output position depends on the whole image. Transposed convolutions then recover the
 resolution and a 1×1 convolution scores the classes.
 
-Only one encoder level is read (``feature_index``); ReSeg drops the encoder's deeper layers
-where it knows how (``truncate_encoder``): they would never receive a gradient (DDP refuses
-parameters without one) and would only inflate the parameter count.
+Only one encoder level is read, and it must be the encoder's last: deeper layers would never
+receive a gradient (DDP refuses parameters without one) and would only inflate the parameter
+count. The encoder is built to stop there: ``conf/model/reseg.yaml`` sets ``feature_stride: 4``
+and the backbone configs pass it on as the encoder's ``until_stride``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segbench.models.base import SegmentationModel
+from segbench.models.encoders import encoder_name, levels_until
 
-__all__ = ["ReNetLayer", "ReSeg", "ReSegDecoder", "truncate_encoder"]
+__all__ = ["ReNetLayer", "ReSeg", "ReSegDecoder"]
 
 _RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -160,39 +162,26 @@ class ReSegDecoder(nn.Module):
         return x[..., : math.ceil(h * uh / ph), : math.ceil(w * uw / pw)]
 
 
-def truncate_encoder(encoder: nn.Module, num_levels: int) -> bool:
-    """Drop the encoder's layers after level ``num_levels - 1``; returns whether it could
-    (encoders with a ``truncate`` method: all of segbench's; any other is left whole)."""
-    if num_levels >= len(encoder.strides):
-        return True
-    if not hasattr(encoder, "truncate"):
-        return False
-    encoder.truncate(num_levels)
-    return True
-
-
-def _default_index(strides: list[int]) -> int:
-    """The level at stride 4, else the finest at stride ≥ 4, else the coarsest."""
-    if 4 in strides:
-        return strides.index(4)
-    deeper = [i for i, s in enumerate(strides) if s >= 4]
-    return deeper[0] if deeper else len(strides) - 1
-
-
 class ReSeg(SegmentationModel):
     """ReSeg (Visin et al., 2016): ReNet layers on early CNN features, learned upsampling.
 
     The paper reads VGG16's first layers; by default this reads the encoder level with stride
-    4 (VGG16's pool2, 128 channels), else the finest level with stride ≥ 4, else the coarsest.
+    ``feature_stride`` = 4 (VGG16's pool2, 128 channels), else the finest level with a larger
+    stride, else the coarsest. The level read must be the encoder's last, so that every encoder
+    parameter gets a gradient: build the encoder with ``until_stride=feature_stride`` (the
+    backbone configs do so from ``model.feature_stride``).
 
     Args:
-        encoder: a feature encoder exposing ``channels`` and ``strides``.
+        encoder: a feature encoder exposing ``channels`` and ``strides``, ending at the level
+            read.
         num_classes: number of classes.
-        feature_index: encoder level read (negative counts from the coarsest); ``None``: default.
+        feature_index: encoder level read (negative counts from the coarsest); ``None``: the
+            level at ``feature_stride``.
         renet_hidden: hidden units of each ReNet layer's directional RNNs.
         patch_sizes: ``(ph, pw)`` of each ReNet layer.
         rnn: ``"gru"`` (the paper) or ``"lstm"``.
         upsample_channels: width of every transposed conv (an int), or one width per stage.
+        feature_stride: stride of the level read when ``feature_index`` is ``None`` (4).
     """
 
     def __init__(
@@ -204,19 +193,32 @@ class ReSeg(SegmentationModel):
         patch_sizes: list[list[int]] | tuple[tuple[int, int], ...] = ((2, 2), (1, 1)),
         rnn: str = "gru",
         upsample_channels: int | list[int] = 100,
+        feature_stride: int = 4,
     ) -> None:
-        strides = list(encoder.strides)
+        strides, name = list(encoder.strides), encoder_name(encoder)
         if feature_index is None:
-            feature_index = _default_index(strides)
+            feature_index = levels_until(strides, feature_stride) - 1
         if not -len(strides) <= feature_index < len(strides):
-            name = getattr(encoder, "name", type(encoder).__name__)
             raise ValueError(
                 f"ReSeg: feature_index {feature_index} is out of range for backbone {name!r}, "
                 f"which returns {len(strides)} levels (strides {strides}); use an index in "
-                f"[0, {len(strides) - 1}] or null for the stride-4 level"
+                f"[0, {len(strides) - 1}] or null for the stride-{feature_stride} level (a "
+                "deeper level needs an encoder built to reach it: raise model.feature_stride)"
             )
         index = feature_index % len(strides)
-        truncated = truncate_encoder(encoder, index + 1)
+        if index < len(strides) - 1:
+            stop = strides[index]
+            fix = (
+                f"until_stride={stop} (model.feature_stride={stop} in a config)"
+                if strides.index(stop) == index
+                else f"{index + 1} levels"
+            )
+            raise ValueError(
+                f"ReSeg reads level {index} (stride {stop}) of backbone {name!r}, which returns "
+                f"{len(strides)} levels (strides {strides}): the {len(strides) - 1 - index} "
+                f"deeper ones would never get a gradient (DDP refuses such parameters); build "
+                f"the encoder to stop at the level read: {fix}"
+            )
         decoder = ReSegDecoder(
             encoder.channels[index],
             strides[index],
@@ -229,4 +231,4 @@ class ReSeg(SegmentationModel):
         head = nn.Conv2d(decoder.out_channels, num_classes, 1)
         super().__init__(encoder, decoder, head, num_classes)
         self.feature_index = index
-        self.encoder_truncated = truncated  # False: deeper levels are computed but unused
+        self.feature_stride = feature_stride

@@ -22,27 +22,9 @@ from torch import Tensor, nn
 
 from segbench.models.base import SegmentationModel
 from segbench.models.blocks import conv_bn_relu
+from segbench.models.encoders import encoder_name, require_pooling
 
-__all__ = ["BayesianSegNet", "MaxUnpool", "SegNet", "UnpoolDecoder", "check_pooling_encoder"]
-
-
-def check_pooling_encoder(encoder: nn.Module, model: str) -> None:
-    """Refuse an encoder that cannot hand its max-pooling indices to an unpooling decoder."""
-    name = getattr(encoder, "name", type(encoder).__name__)
-    use = "use backbone=vgg16_bn, backbone=segnet_basic or backbone=tiny"
-    if not callable(getattr(encoder, "forward_with_indices", None)) or not hasattr(
-        encoder, "stage_convs"
-    ):
-        raise ValueError(
-            f"{model} upsamples with the encoder's max-pooling indices, but encoder {name!r} "
-            f"does not return them (it has no `forward_with_indices`/`stage_convs`); {use}"
-        )
-    if encoder.output_stride != encoder.natural_stride:
-        raise ValueError(
-            f"{model} mirrors every 2x2 max-pool of the encoder, but encoder {name!r} is dilated "
-            f"(output_stride={encoder.output_stride}, natural stride {encoder.natural_stride}); "
-            f"set backbone.output_stride=null or {use}"
-        )
+__all__ = ["BayesianSegNet", "MaxUnpool", "SegNet", "UnpoolDecoder"]
 
 
 class MaxUnpool(nn.Module):
@@ -130,7 +112,7 @@ class SegNet(SegmentationModel):
         head_kernel: int = 3,
         decoder_relu: bool = True,
     ) -> None:
-        check_pooling_encoder(encoder, self.paper_name)
+        require_pooling(encoder, self.paper_name)
         decoder = UnpoolDecoder(
             encoder.channels, encoder.stage_convs, encoder.kernel_size, relu=decoder_relu
         )
@@ -204,7 +186,7 @@ class BayesianSegNet(SegNet):
         if any(not 1 <= s <= n for s in stages):
             raise ValueError(
                 f"Bayesian SegNet: dropout_stages are stage numbers 1..{n} for encoder "
-                f"{getattr(encoder, 'name', type(encoder).__name__)!r}, got {list(stages)}"
+                f"{encoder_name(encoder)!r}, got {list(stages)}"
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"Bayesian SegNet: dropout must be in [0, 1), got {dropout}")

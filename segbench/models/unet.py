@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from segbench.models.base import SegmentationModel
 from segbench.models.blocks import conv_bn_relu
+from segbench.models.encoders import encoder_name, levels_until
 
 __all__ = ["UNet", "UNetDecoder", "UNetEncoder"]
 
@@ -55,6 +56,9 @@ class UNetEncoder(nn.Module):
         weights: must be ``None``, for the same reason.
         output_stride: ``None`` or the natural stride ``2**(len(widths)-1)``; U-Net does not
             dilate, so a model asking for a smaller output stride is refused.
+        until_stride: return the levels up to the first one at this stride or coarser (ReSeg:
+            4); ``None``: all of them. The later levels are made (a seeded encoder draws the
+            same weights either way) but not kept.
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class UNetEncoder(nn.Module):
         pretrained: bool = False,
         weights: str | None = None,
         output_stride: int | None = None,
+        until_stride: int | None = None,
     ) -> None:
         super().__init__()
         widths = [int(w) for w in widths]
@@ -86,22 +91,17 @@ class UNetEncoder(nn.Module):
             )
         self.name = name
         self.batch_norm = batch_norm
-        self.output_stride = natural
-        self.channels: list[int] = list(widths)
-        self.strides: list[int] = [2**i for i in range(len(widths))]
-        self.pool = nn.MaxPool2d(2, 2)
-        self.levels = nn.ModuleList()
-        c_in = in_chans
-        for c_out in widths:
-            self.levels.append(_double_conv(c_in, c_out, batch_norm))
-            c_in = c_out
-
-    def truncate(self, num_levels: int) -> None:
-        """Keep only the first ``num_levels`` levels (a model that reads no deeper ones)."""
-        del self.levels[num_levels:]
-        self.channels = self.channels[:num_levels]
-        self.strides = self.strides[:num_levels]
+        strides = [2**i for i in range(len(widths))]
+        n = levels_until(strides, until_stride)
+        self.channels: list[int] = widths[:n]
+        self.strides: list[int] = strides[:n]
         self.output_stride = self.strides[-1]
+        self.pool = nn.MaxPool2d(2, 2)
+        levels, c_in = [], in_chans
+        for c_out in widths:
+            levels.append(_double_conv(c_in, c_out, batch_norm))
+            c_in = c_out
+        self.levels = nn.ModuleList(levels[:n])
 
     def forward(self, x: Tensor) -> list[Tensor]:
         features = []
@@ -197,7 +197,7 @@ class UNet(SegmentationModel):
         decoder_channels: list[int] | None = None,
         batch_norm: bool = True,
     ) -> None:
-        name = getattr(encoder, "name", type(encoder).__name__)
+        name = encoder_name(encoder)
         strides = list(encoder.strides)
         if len(strides) < 2:
             raise ValueError(

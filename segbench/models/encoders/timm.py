@@ -1,7 +1,8 @@
-"""Encoders: a thin adapter over timm's ``features_only`` models.
+"""``TimmEncoder``: a thin adapter over timm's ``features_only`` models, meeting the encoder
+contract of :mod:`segbench.models.encoders.base`.
 
-Decoders never assume a fixed number of levels: they read ``encoder.channels`` and
-``encoder.strides`` (one entry per returned feature map, finest first).
+(This module is ``segbench.models.encoders.timm``; ``import timm`` below is absolute and loads
+the timm package itself.)
 """
 
 from __future__ import annotations
@@ -9,13 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import timm
+import torch
 from torch import Tensor, nn
+
+from segbench.models.encoders.base import levels_until
 
 __all__ = ["TimmEncoder"]
 
 
 class TimmEncoder(nn.Module):
     """A timm backbone returning a list of feature maps, finest first.
+
+    The levels it returns are fixed when it is built: timm is given ``out_indices`` and its
+    ``FeatureListNet`` keeps no module after the last level asked for.
 
     Args:
         name: timm model name, e.g. ``resnet18``, ``resnet50`` or a ``test_*`` model.
@@ -25,6 +32,8 @@ class TimmEncoder(nn.Module):
         out_indices: which feature levels to return (default: all).
         output_stride: 32 (plain; also ``None``), 16 or 8 (dilated last stages, as in DeepLab).
         in_chans: number of input channels.
+        until_stride: return the levels (of ``out_indices``) up to the first one at this stride
+            or coarser, and no layer after it (ReSeg: 4); ``None``: all of them.
     """
 
     def __init__(
@@ -35,6 +44,7 @@ class TimmEncoder(nn.Module):
         out_indices: list[int] | tuple[int, ...] | None = None,
         output_stride: int | None = 32,
         in_chans: int = 3,
+        until_stride: int | None = None,
     ) -> None:
         super().__init__()
         if not timm.is_model(name.split(".")[0]):
@@ -45,6 +55,8 @@ class TimmEncoder(nn.Module):
         output_stride = 32 if output_stride is None else int(output_stride)
         if output_stride != 32:
             kwargs["output_stride"] = output_stride
+        if until_stride is not None:
+            kwargs["out_indices"] = _indices_until(name, kwargs, until_stride)
         if weights is not None:
             path = Path(weights).expanduser()
             if not path.is_file():
@@ -64,23 +76,24 @@ class TimmEncoder(nn.Module):
         info = self.model.feature_info
         self.channels: list[int] = list(info.channels())
         self.strides: list[int] = list(info.reduction())
-        self.output_stride = output_stride
+        self.output_stride = self.strides[-1] if until_stride is not None else output_stride
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return self.model(x)
 
-    def truncate(self, num_levels: int) -> None:
-        """Keep the first ``num_levels`` feature levels; drop the layers after them (a model
-        that reads an early level must not carry parameters that never get a gradient)."""
-        model = self.model  # timm FeatureListNet: an ordered ModuleDict + return_layers
-        keep = {k: v for k, v in model.return_layers.items() if int(v) < num_levels}
-        names = list(model.keys())
-        for name in names[max(names.index(k) for k in keep) + 1 :]:
-            del model[name]
-        model.return_layers = keep
-        self.channels = self.channels[:num_levels]
-        self.strides = self.strides[:num_levels]
-        self.output_stride = self.strides[-1]
-
     def extra_repr(self) -> str:
         return f"name={self.name!r}, channels={self.channels}, strides={self.strides}"
+
+
+def _indices_until(name: str, kwargs: dict, until_stride: int) -> tuple[int, ...]:
+    """The ``out_indices`` (``kwargs``' or timm's default) up to the first level at stride
+    ``until_stride`` or coarser.
+
+    timm states a model's level strides only once it is built, so this builds a throwaway copy
+    without weights first; the RNG state is restored afterwards, so that a seeded encoder gets
+    the same weights as from a single build.
+    """
+    with torch.random.fork_rng(devices=[]):
+        info = timm.create_model(name, pretrained=False, **kwargs).feature_info
+    indices = list(info.out_indices)
+    return tuple(indices[: levels_until(info.reduction(), until_stride)])

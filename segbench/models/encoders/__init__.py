@@ -1,0 +1,21 @@
+"""Encoders: the contract every encoder meets (``base``), timm's backbones (``timm``) and the VGG
+encoders that keep their pooling switches (``vgg``). U-Net's contracting path lives with U-Net
+(:class:`segbench.models.unet.UNetEncoder`)."""
+
+from segbench.models.encoders.base import (
+    encoder_name,
+    levels_until,
+    require_dilated,
+    require_pooling,
+)
+from segbench.models.encoders.timm import TimmEncoder
+from segbench.models.encoders.vgg import VGGEncoder
+
+__all__ = [
+    "TimmEncoder",
+    "VGGEncoder",
+    "encoder_name",
+    "levels_until",
+    "require_dilated",
+    "require_pooling",
+]

@@ -1,0 +1,170 @@
+"""VGG encoders (Simonyan & Zisserman, 2015) that keep their max-pooling switches.
+
+FCN, SegNet, DeconvNet and DeepLab v1 are defined on VGG16. Besides the encoder contract
+(``channels``, ``strides``, ``forward`` → feature maps finest first) this encoder offers
+``forward_with_indices``, which also returns the argmax positions of every max-pooling layer
+and the sizes before pooling: SegNet and DeconvNet upsample with them.
+
+The layers sit in ``self.features`` at the same indices as torchvision's and timm's VGG, so
+a local ImageNet state dict (``features.N.weight`` ...) loads as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from segbench.models.encoders.base import levels_until
+
+__all__ = ["VGG_STAGES", "VGGEncoder"]
+
+# conv widths per stage (each stage ends with a 2×2 max-pool)
+VGG_STAGES: dict[str, list[list[int]]] = {
+    "vgg11": [[64], [128], [256, 256], [512, 512], [512, 512]],
+    "vgg13": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
+    "vgg16": [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]],
+    "vgg19": [[64, 64], [128, 128], [256] * 4, [512] * 4, [512] * 4],
+}
+
+
+class VGGEncoder(nn.Module):
+    """A VGG-style encoder: stages of ``conv → [BN] → ReLU`` each closed by a 2×2 max-pool.
+
+    The feature maps returned are the pooled outputs pool1 … poolN (strides 2, 4, …, 2^N),
+    so FCN's score layers read pool3/pool4/pool5 exactly as in the paper.
+
+    With ``output_stride`` below 2^N the last pools become 3×3 stride-1 pools (DeepLab v1's
+    choice) and the convolutions after them are dilated to keep their field of view.
+
+    With ``until_stride`` the encoder stops at the first stage reaching that stride: the later
+    stages are made (so that a seeded encoder draws the same weights either way, as timm's
+    ``FeatureListNet`` builds the whole network) but not kept.
+
+    Args:
+        name: ``vgg11``/``vgg13``/``vgg16``/``vgg19`` (``_bn`` suffix allowed), or any label
+            when ``stages`` is given.
+        stages: conv widths per stage, e.g. ``[[8], [16], [32]]``; defaults to ``name``'s.
+        batch_norm: BatchNorm after every conv (``vgg16_bn``).
+        kernel_size: conv kernel size (3 in VGG, 7 in SegNet-Basic).
+        output_stride: stride of the last feature map; a power of two ≥ 4.
+        in_chans: input channels.
+        pretrained: load weights; only together with a local ``weights`` file.
+        weights: path to a local state dict in torchvision/timm VGG format.
+        until_stride: return the stages up to the first one at this stride or coarser (ReSeg:
+            4); ``None``: all of them.
+    """
+
+    def __init__(
+        self,
+        name: str = "vgg16",
+        stages: list[list[int]] | None = None,
+        batch_norm: bool = False,
+        kernel_size: int = 3,
+        output_stride: int | None = None,
+        in_chans: int = 3,
+        pretrained: bool = False,
+        weights: str | None = None,
+        until_stride: int | None = None,
+    ) -> None:
+        super().__init__()
+        if stages is None:
+            if name.removesuffix("_bn") not in VGG_STAGES:
+                raise ValueError(
+                    f"VGG encoder {name!r} is unknown: give `stages` or one of {sorted(VGG_STAGES)}"
+                )
+            stages = VGG_STAGES[name.removesuffix("_bn")]
+        natural = 2 ** len(stages)
+        output_stride = natural if output_stride is None else int(output_stride)
+        if output_stride < 4 or output_stride > natural or output_stride & (output_stride - 1):
+            raise ValueError(
+                f"backbone {name!r}: output_stride must be a power of two between 4 and "
+                f"{natural}, got {output_stride}"
+            )
+        self.name = name
+        self.natural_stride = natural
+        self.kernel_size = kernel_size
+        self.batch_norm = batch_norm
+
+        layers: list[nn.Module] = []
+        pool_at: list[int] = []  # index in layers of every stage's pool
+        channels: list[int] = []
+        strides: list[int] = []
+        dilations: list[int] = []
+        stride, dilation, c_in = 1, 1, in_chans
+        for widths in stages:
+            for c_out in widths:
+                pad = dilation * (kernel_size // 2)
+                layers.append(nn.Conv2d(c_in, c_out, kernel_size, padding=pad, dilation=dilation))
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(c_out))
+                layers.append(nn.ReLU(inplace=True))
+                c_in = c_out
+            if stride * 2 <= output_stride:
+                pool = nn.MaxPool2d(2, 2, return_indices=True)
+                stride *= 2
+            else:  # keep the resolution, widen the following convs instead
+                pool = nn.MaxPool2d(3, 1, padding=1, return_indices=True)
+                dilation *= 2
+            pool_at.append(len(layers))
+            layers.append(pool)
+            channels.append(c_in)
+            strides.append(stride)
+            dilations.append(dilation)
+        self.features = nn.Sequential(*layers)
+        if weights is not None:  # a whole VGG's state dict: loaded before the cut below
+            self.load_weights(weights)
+        elif pretrained:
+            raise ValueError(
+                f"backbone {name!r}: pretrained=true needs a local `weights` file; "
+                "segbench never downloads weights (set backbone.weights=/path/to/file.pth)"
+            )
+
+        n = levels_until(strides, until_stride)
+        self.features = self.features[: pool_at[n - 1] + 1]
+        self.channels: list[int] = channels[:n]
+        self.strides: list[int] = strides[:n]
+        self.stage_convs: list[int] = [len(s) for s in stages[:n]]
+        self.output_stride = strides[n - 1]
+        self.dilation = dilations[n - 1]  # dilation a layer after the encoder needs for its view
+
+    def load_weights(self, path: str) -> None:
+        """Load ``features.*`` tensors from a local torchvision/timm VGG state dict."""
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"backbone weights file {str(file)!r} does not exist; expected a local "
+                f"torchvision/timm {self.name} state dict"
+            )
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        features = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
+        missing, unexpected = self.features.load_state_dict(features, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"backbone weights {str(file)!r} do not fit {self.name} "
+                f"(batch_norm={self.batch_norm}): missing {missing[:4]}, "
+                f"unexpected {unexpected[:4]}"
+            )
+
+    def forward_with_indices(
+        self, x: Tensor
+    ) -> tuple[list[Tensor], list[Tensor], list[torch.Size]]:
+        """Pooled features, the max-pooling argmax indices, and each pool's input size."""
+        features, indices, sizes = [], [], []
+        for layer in self.features:
+            if isinstance(layer, nn.MaxPool2d):
+                sizes.append(x.shape[-2:])
+                x, idx = layer(x)  # (B, C, H/2, W/2) and flat argmax positions in H×W
+                features.append(x)
+                indices.append(idx)
+            else:
+                x = layer(x)
+        return features, indices, sizes
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.forward_with_indices(x)[0]
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, channels={self.channels}, strides={self.strides}"
