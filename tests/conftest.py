@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from segbench.engine.config import CONF, compose
+from segbench.config import CONF, compose
 
 ROOT = Path(__file__).resolve().parents[1]
 __all__ = ["CONF", "ROOT", "compose_config", "make_folder_dataset", "run_cli"]

@@ -7,11 +7,11 @@ import torch
 from hydra.errors import InstantiationException
 from torch import nn
 
+from segbench.engine.build import build_model
 from segbench.models.base import count_parameters
 from segbench.models.deeplab import ASPPPooling, DeepLabV1, DeepLabV3, DeepLabV3Plus
 from segbench.models.encoders import TimmEncoder, VGGEncoder
 from segbench.models.pspnet import PSPNet
-from segbench.run import build_model
 from tests.conftest import compose_config
 
 K = 5

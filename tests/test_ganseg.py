@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader
 from segbench.engine.adversarial import AdversarialTask
 from segbench.engine.build import build_model
 from segbench.losses import CrossEntropyLoss
+from segbench.models.encoders import VGGEncoder
 from segbench.models.fcn import FCN
 from segbench.models.ganseg import Discriminator, GANSeg
-from segbench.models.vgg import VGGEncoder
 from segbench.optim import poly
 from tests.conftest import compose_config
 

@@ -16,8 +16,8 @@ from segbench.bench.inference import main, run_benchmark
 from segbench.engine.build import build_model
 from segbench.inference import Inference, sliding_windows
 from segbench.inference.crf import DenseCRF
+from segbench.models.encoders import VGGEncoder
 from segbench.models.segnet import BayesianSegNet
-from segbench.models.vgg import VGGEncoder
 from tests.conftest import CONF, compose_config
 
 K = 4

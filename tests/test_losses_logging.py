@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segbench.loggers import wandb_mode
+from segbench.engine.loggers import wandb_mode
 from segbench.losses import CrossEntropyLoss
 from segbench.optim import poly
 
@@ -73,7 +73,7 @@ def test_poly_schedule_follows_the_formula():
 
 
 def test_a_non_finite_training_loss_stops_with_the_key_and_step():
-    from segbench.task import SegmentationTask
+    from segbench.engine.task import SegmentationTask
 
     class NaNLoss(torch.nn.Module):
         def forward(self, logits, target):
@@ -97,7 +97,7 @@ def test_a_non_finite_training_loss_stops_with_the_key_and_step():
 def test_a_weighted_sum_logs_each_term(tmp_path):
     import csv
 
-    from segbench.run import train
+    from segbench.engine.training import train
     from tests.conftest import compose_config
 
     cfg = compose_config(

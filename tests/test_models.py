@@ -88,10 +88,10 @@ def test_backbone_weights_load_from_a_local_file(tmp_path):
 
 
 def test_auxiliary_head_output_and_weighted_loss(encoder_factory):
-    """``aux`` appears in training only, and the task adds it with ``aux_weight``."""
+    """``aux`` appears in training only, and the task adds it with the model's ``aux_weight``."""
+    from segbench.engine.task import SegmentationTask
     from segbench.losses import CrossEntropyLoss
     from segbench.models.base import SegmentationModel
-    from segbench.task import SegmentationTask
 
     enc = encoder_factory()
     model = SegmentationModel(
@@ -108,8 +108,7 @@ def test_auxiliary_head_output_and_weighted_loss(encoder_factory):
     assert "aux" not in model.eval()(x)
     loss = CrossEntropyLoss(3)
     assert model.aux_weight == 0.4
-    task = SegmentationTask(
-        model, loss, None, None, 3, 255, ["a", "b", "c"], aux_weight=model.aux_weight
-    )
+    task = SegmentationTask(model, loss, None, None, 3, 255, ["a", "b", "c"])
+    assert task.aux_weight == 0.4  # read from the model, which carries its head's weight
     expected = loss(out["out"], y) + 0.4 * loss(out["aux"], y)
     torch.testing.assert_close(task._loss(out, y), expected)

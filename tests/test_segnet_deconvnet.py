@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from hydra.errors import InstantiationException
 
+from segbench.engine.build import build_model
 from segbench.models.base import count_parameters
 from segbench.models.deconvnet import DeconvNet
 from segbench.models.encoders import TimmEncoder, VGGEncoder
 from segbench.models.segnet import BayesianSegNet, MaxUnpool, SegNet
-from segbench.run import build_model
 from tests.conftest import compose_config
 
 MODELS = ["segnet", "segnet_basic", "bayesian_segnet", "deconvnet"]

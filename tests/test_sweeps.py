@@ -20,9 +20,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import segbench.leaderboard.sweep
+from segbench.engine.build import build_model
 from segbench.leaderboard.sweep import LeaderboardCallback
 from segbench.results import RESULTS_FILE, build_results, write_results
-from segbench.run import build_model
 from tests.conftest import CONF, ROOT, compose_config, run_cli
 
 SHAPES = OmegaConf.load(CONF / "dataset" / "shapes.yaml")

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from segbench.engine.build import build_model
 from segbench.models.base import count_parameters
 from segbench.models.encoders import TimmEncoder, VGGEncoder
 from segbench.models.reseg import ReNetLayer, ReSeg, ReSegDecoder
 from segbench.models.unet import UNet, UNetEncoder
-from segbench.run import build_model
 from tests.conftest import compose_config
 
 ENCODERS = {

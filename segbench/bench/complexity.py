@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from segbench.config import compose_train_config
 from segbench.engine.build import build_model
-from segbench.engine.config import compose_train_config
 from segbench.inference.flops import count_flops
 from segbench.models.base import count_parameters, segmenter_of
 

@@ -23,8 +23,8 @@ import time
 import torch
 from torch import Tensor, nn
 
+from segbench.config import compose_train_config
 from segbench.engine.build import build_model
-from segbench.engine.config import compose_train_config
 from segbench.inference import Inference, evaluating, sliding_windows
 from segbench.inference.crf import DenseCRF
 from segbench.models.base import segmenter_of

@@ -22,8 +22,8 @@ import time
 import torch
 from hydra.utils import instantiate
 
+from segbench.config import compose_train_config
 from segbench.engine.build import build_model, resolve_class_weights
-from segbench.engine.config import compose_train_config
 
 __all__ = ["main", "measure"]
 

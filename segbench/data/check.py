@@ -54,7 +54,7 @@ def check_dataset(dataset_cfg, splits: list[str] | None = None) -> dict[str, lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    from segbench.engine.config import compose_train_config
+    from segbench.config import compose_train_config
 
     parser = argparse.ArgumentParser(
         prog="segbench check",

@@ -70,7 +70,7 @@ def preview_grid(dm, split: str, num: int, out: Path, seed: int = 0, columns: in
 def main(argv: list[str] | None = None) -> int:
     from hydra.utils import instantiate
 
-    from segbench.engine.config import compose_train_config
+    from segbench.config import compose_train_config
 
     parser = argparse.ArgumentParser(
         prog="segbench preview",

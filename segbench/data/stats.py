@@ -121,7 +121,7 @@ def format_statistics(stats: dict, class_names: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from hydra.utils import instantiate
 
-    from segbench.engine.config import compose_train_config
+    from segbench.config import compose_train_config
 
     parser = argparse.ArgumentParser(
         prog="segbench stats",

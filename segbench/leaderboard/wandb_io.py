@@ -17,7 +17,7 @@ __all__ = ["log_to_wandb", "record_from_wandb_run", "records_from_wandb"]
 
 
 def _eval_mode_of(config: dict) -> str:
-    """``eval_mode`` as ``segbench.run`` names it, from a run's config."""
+    """``eval_mode`` as the engine names it, from a run's config."""
     settings = {k: v for k, v in (config.get("inference") or {}).items() if k[0] != "_"}
     return eval_mode(config.get("model") or {}, Inference(**settings) if settings else None)
 

@@ -7,7 +7,7 @@ with a label map and tells ground-truth maps from the segmentor's class-probabil
 the segmentor is pushed towards maps whose higher-order structure looks like the ground
 truth's. The discriminator is used in training only: ``GANSeg.forward`` is the segmentor's
 forward, so evaluation, metrics and results are those of the segmentor alone. The training
-procedure lives in :class:`segbench.adversarial.AdversarialTask`.
+procedure lives in :class:`segbench.engine.adversarial.AdversarialTask`.
 
 Input encodings of the discriminator (the paper compares them on PASCAL VOC):
 
@@ -148,7 +148,7 @@ class GANSeg(nn.Module):
     """A segmentor and its adversarial discriminator (Luc et al., 2016).
 
     ``forward`` is the segmentor's, ``{"out", "aux"?}``; the discriminator only takes part
-    in training (:class:`segbench.adversarial.AdversarialTask`).
+    in training (:class:`segbench.engine.adversarial.AdversarialTask`).
 
     Args:
         segmenter: any segbench model, returning ``{"out": (B, K, H, W), "aux"?: ...}``.

@@ -89,11 +89,11 @@ def _indices_until(name: str, kwargs: dict, until_stride: int) -> tuple[int, ...
     """The ``out_indices`` (``kwargs``' or timm's default) up to the first level at stride
     ``until_stride`` or coarser.
 
-    timm states a model's level strides only once it is built, so this builds a throwaway copy
-    without weights first; the RNG state is restored afterwards, so that a seeded encoder gets
-    the same weights as from a single build.
+    timm states a model's level strides only once it is built, so this asks a copy built on the
+    meta device (no memory, no weights); the RNG state is restored afterwards, so that a seeded
+    encoder gets the same weights as from a single build.
     """
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
         info = timm.create_model(name, pretrained=False, **kwargs).feature_info
     indices = list(info.out_indices)
     return tuple(indices[: levels_until(info.reduction(), until_stride)])

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 __all__ = ["CONF", "compose", "compose_train_config"]
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose(name: str, overrides: list[str], output_dir: str | Path = ".") -> DictConfig:
