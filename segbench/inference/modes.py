@@ -259,7 +259,7 @@ def eval_mode(model_cfg: dict, inference: Inference | None = None) -> str:
     """How predictions are made, as results and leaderboards label it: the inference's label
     (``single-scale``, ``slide``, ``ms+flip`` ...), then the model's post-processing and
     sampling (``+CRF``, ``+MC-dropout xN``), from the model config."""
-    net = model_cfg.get("segmenter") or model_cfg  # a wrapper (GAN-seg) predicts with it
+    net = model_cfg.get("segmenter") or model_cfg  # a wrapper model predicts with it
     mode = inference.label if inference is not None else "single-scale"
     if net.get("crf"):
         mode += "+CRF"
