@@ -6,7 +6,7 @@ Composes ``conf/evaluate.yaml``; the model and dataset come from the checkpoint.
 import hydra
 from omegaconf import DictConfig
 
-from segbench.engine.evaluation import evaluate
+from segbench.engine.run import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

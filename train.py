@@ -6,7 +6,7 @@ Composes ``conf/train.yaml`` with Hydra; see README.md for the groups and option
 import hydra
 from omegaconf import DictConfig
 
-from segbench.engine.training import train
+from segbench.engine.run import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -11,31 +11,35 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NamedTuple
 
-__all__ = ["VERBS", "main"]
+__all__ = ["VERBS", "Verb", "main"]
 
-# verb -> (module whose main(argv) runs it, one-line summary)
-VERBS: dict[str, tuple[str, str]] = {
-    "leaderboard": (
-        "segbench.leaderboard.cli",
-        "tables (md/csv/tex/html, W&B) from results.json files or a W&B project",
-    ),
-    "check": ("segbench.data.check", "scan a dataset for bad data (exit 1 when any is found)"),
-    "stats": ("segbench.data.stats", "class pixel shares and class weights of a split"),
-    "preview": ("segbench.data.preview", "save a grid of augmented training samples"),
-    "convert-sbd": ("segbench.data.sbd", "convert SBD's .mat masks to PNGs (VOC-aug)"),
-    "throughput": ("segbench.bench.throughput", "loader vs training-step images/s"),
-    "complexity": ("segbench.bench.complexity", "parameters and GFLOPs vs the papers' counts"),
-    "inference-bench": (
-        "segbench.bench.inference",
-        "seconds per image of each evaluation mode against whole-image inference",
-    ),
+
+class Verb(NamedTuple):
+    name: str
+    module: str  # its main(argv) -> int runs the verb
+    summary: str
+
+
+VERBS = {
+    verb.name: verb
+    for verb in (
+        Verb("leaderboard", "segbench.leaderboard.cli", "tables from results.json files or W&B"),
+        Verb("check", "segbench.data.check", "scan a dataset for bad data (exit 1 if any)"),
+        Verb("stats", "segbench.data.stats", "class pixel shares and class weights of a split"),
+        Verb("preview", "segbench.data.preview", "save a grid of augmented training samples"),
+        Verb("convert-sbd", "segbench.data.sbd", "SBD's .mat masks to PNGs once (voc_aug)"),
+        Verb("throughput", "segbench.bench.throughput", "loader vs training-step images/s"),
+        Verb("complexity", "segbench.bench.complexity", "parameters and GFLOPs vs the papers"),
+        Verb("inference-bench", "segbench.bench.inference", "seconds/image of each eval mode"),
+    )
 }
 
 
 def _parser() -> argparse.ArgumentParser:
     width = max(len(v) for v in VERBS)
-    verbs = "\n".join(f"  {verb:<{width}}  {summary}" for verb, (_, summary) in VERBS.items())
+    verbs = "\n".join(f"  {v.name:<{width}}  {v.summary}" for v in VERBS.values())
     return argparse.ArgumentParser(
         prog="segbench",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    module = importlib.import_module(VERBS[verb][0])
+    module = importlib.import_module(VERBS[verb].module)
     try:
         status = module.main(args)
     except SystemExit as exit_:  # argparse's --help (0) and usage errors (2)

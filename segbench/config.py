@@ -4,11 +4,12 @@ complexity``, ``segbench inference-bench`` ...)."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-__all__ = ["CONF", "compose", "compose_train_config"]
+__all__ = ["CONF", "compose", "compose_train_config", "parse_verb_args", "verb_parser"]
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -28,3 +29,23 @@ def compose(name: str, overrides: list[str], output_dir: str | Path = ".") -> Di
 def compose_train_config(overrides: list[str]) -> DictConfig:
     """``conf/train.yaml`` composed with ``overrides`` exactly as ``train.py`` would."""
     return compose("train", overrides)
+
+
+def verb_parser(
+    verb: str, description: str, example: str = "dataset=camvid"
+) -> argparse.ArgumentParser:
+    """The argument parser of ``segbench <verb>`` for a verb that composes ``conf/train.yaml``:
+    its positional arguments are ``group=option key=value`` overrides, as for ``train.py``."""
+    parser = argparse.ArgumentParser(prog=f"segbench {verb}", description=description)
+    parser.add_argument(
+        "overrides", nargs="*", help=f"config overrides as for train.py, e.g. {example}"
+    )
+    return parser
+
+
+def parse_verb_args(
+    parser: argparse.ArgumentParser, argv: list[str] | None
+) -> tuple[argparse.Namespace, DictConfig]:
+    """``argv`` parsed (overrides and options in any order) and the config it composes."""
+    args = parser.parse_intermixed_args(argv)
+    return args, compose_train_config(args.overrides)

@@ -119,7 +119,7 @@ class TestRealCamVid:
                 assert set(np.unique(mask).tolist()) <= set(range(12)), name
 
     def test_config_trains_a_step_on_the_real_data(self, tmp_path):
-        from segbench.engine.training import train
+        from segbench.engine.run import train
 
         cfg = compose_config(
             "train",

@@ -162,7 +162,7 @@ def test_weights_of_an_absent_class_are_zero():
 
 
 def test_loss_class_weights_from_config_are_computed_and_recorded(tmp_path):
-    from segbench.engine.training import train
+    from segbench.engine.run import train
 
     root = make_folder_dataset(tmp_path / "data", n=6)
     cfg = compose_config(

@@ -13,8 +13,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from segbench.engine.checkpoint import CheckpointError, load_checkpoint
-from segbench.engine.evaluation import evaluate
-from segbench.engine.training import train
+from segbench.engine.run import evaluate, train
 from tests.conftest import compose_config, make_folder_dataset
 
 FOLDER = [

@@ -16,7 +16,7 @@ from PIL import Image
 
 from segbench.engine.build import build_model
 from segbench.engine.callbacks import EvaluationOutputs
-from segbench.engine.evaluation import evaluate
+from segbench.engine.run import evaluate
 from segbench.plots import colorize, panel, plot_per_class_iou, save_palette_png
 from tests.conftest import compose_config
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
-from segbench.engine.training import train
+from segbench.engine.run import train
 from tests.conftest import compose_config
 
 

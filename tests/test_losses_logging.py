@@ -97,7 +97,7 @@ def test_a_non_finite_training_loss_stops_with_the_key_and_step():
 def test_a_weighted_sum_logs_each_term(tmp_path):
     import csv
 
-    from segbench.engine.training import train
+    from segbench.engine.run import train
     from tests.conftest import compose_config
 
     cfg = compose_config(

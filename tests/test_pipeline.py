@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from segbench.engine.build import build_model
-from segbench.engine.training import train
+from segbench.engine.run import train
 from tests.conftest import compose_config, run_cli
 
 SCHEMA_KEYS = {

@@ -17,13 +17,12 @@ Each mode runs once on the first image before it is timed (warm-up). Prints a Ma
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 from torch import Tensor, nn
 
-from segbench.config import compose_train_config
+from segbench.config import parse_verb_args, verb_parser
 from segbench.engine.build import build_model
 from segbench.inference import Inference, evaluating, sliding_windows
 from segbench.inference.crf import DenseCRF
@@ -135,23 +134,22 @@ def format_markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="segbench inference-bench",
-        description="Seconds per image of each evaluation mode against whole-image inference.",
+    parser = verb_parser(
+        "inference-bench",
+        "Seconds per image of each evaluation mode against whole-image inference.",
+        example="model=pspnet",
     )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=pspnet")
     parser.add_argument("--images", type=int, default=2, help="images timed (default 2)")
     parser.add_argument("--size", type=int, nargs=2, default=[256, 512], metavar=("H", "W"))
     parser.add_argument("--repeat", type=int, default=1, help="timed rounds over the images")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_intermixed_args(argv)
+    args, cfg = parse_verb_args(parser, argv)
     if args.images < 1 or min(args.size) < 1:
         parser.error(f"--images and --size must be positive, got {args.images} and {args.size}")
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
-    cfg = compose_train_config(args.overrides)
     torch.manual_seed(args.seed)
     model = build_model(cfg.model).to(device).eval()
     generator = torch.Generator().manual_seed(args.seed)

@@ -15,14 +15,13 @@ Measures, in one run on this machine, three rates in images per second:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import torch
 from hydra.utils import instantiate
 
-from segbench.config import compose_train_config
+from segbench.config import parse_verb_args, verb_parser
 from segbench.engine.build import build_model, resolve_class_weights
 
 __all__ = ["main", "measure"]
@@ -99,14 +98,11 @@ def measure(cfg, batches: int = 20, warmup: int = 3) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="segbench throughput",
-        description="Images/s of the training loader against the training step's consumption.",
+    parser = verb_parser(
+        "throughput", "Images/s of the training loader against the training step's consumption."
     )
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. dataset=camvid")
     parser.add_argument("--batches", type=int, default=20, help="batches timed per rate")
-    args = parser.parse_args(argv)
-    cfg = compose_train_config(args.overrides)
+    args, cfg = parse_verb_args(parser, argv)
     r = measure(cfg, batches=args.batches)
     h, w = r["image_size"]
     print(

@@ -16,7 +16,6 @@ Training and evaluation refuse the same problems before they start (``check_on_s
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -54,18 +53,16 @@ def check_dataset(dataset_cfg, splits: list[str] | None = None) -> dict[str, lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    from segbench.config import compose_train_config
+    from segbench.config import parse_verb_args, verb_parser
 
-    parser = argparse.ArgumentParser(
-        prog="segbench check",
-        description="Scan a dataset for missing pairs, unreadable files, size mismatches and "
+    parser = verb_parser(
+        "check",
+        "Scan a dataset for missing pairs, unreadable files, size mismatches and "
         "invalid labels. Exit status 1 when anything is wrong.",
     )
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. dataset=camvid")
     parser.add_argument("--split", action="append", help="only this split (repeatable)")
     parser.add_argument("--limit", type=int, default=50, help="problems listed per split")
-    args = parser.parse_args(argv)
-    cfg = compose_train_config(args.overrides)
+    args, cfg = parse_verb_args(parser, argv)
     found = check_dataset(cfg.dataset, args.split)
     bad = 0
     for split, problems in found.items():

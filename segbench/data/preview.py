@@ -8,7 +8,6 @@ saves the grid as a PNG.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -70,19 +69,16 @@ def preview_grid(dm, split: str, num: int, out: Path, seed: int = 0, columns: in
 def main(argv: list[str] | None = None) -> int:
     from hydra.utils import instantiate
 
-    from segbench.config import compose_train_config
+    from segbench.config import parse_verb_args, verb_parser
 
-    parser = argparse.ArgumentParser(
-        prog="segbench preview",
-        description="Save a grid of augmented samples with their label overlays as a PNG.",
+    parser = verb_parser(
+        "preview", "Save a grid of augmented samples with their label overlays as a PNG."
     )
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. dataset=camvid")
     parser.add_argument("--split", default="train")
     parser.add_argument("--num", type=int, default=8, help="number of samples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="PNG path")
-    args = parser.parse_args(argv)
-    cfg = compose_train_config(args.overrides)
+    args, cfg = parse_verb_args(parser, argv)
     dm = instantiate(cfg.dataset)
     out = args.out or Path("outputs") / "preview" / f"{dm.name}-{args.split}.png"
     print(preview_grid(dm, args.split, args.num, out, seed=args.seed))

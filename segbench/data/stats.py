@@ -16,7 +16,6 @@ over the training split before training starts.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -121,16 +120,13 @@ def format_statistics(stats: dict, class_names: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from hydra.utils import instantiate
 
-    from segbench.config import compose_train_config
+    from segbench.config import parse_verb_args, verb_parser
 
-    parser = argparse.ArgumentParser(
-        prog="segbench stats",
-        description="Per-class pixel statistics and class weights of a dataset split.",
+    parser = verb_parser(
+        "stats", "Per-class pixel statistics and class weights of a dataset split."
     )
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. dataset=camvid")
     parser.add_argument("--split", default="train", help="split to count (default: train)")
-    args = parser.parse_args(argv)
-    cfg = compose_train_config(args.overrides)
+    args, cfg = parse_verb_args(parser, argv)
     dm = instantiate(cfg.dataset)
     dataset = dm.dataset(args.split)
     stats = class_statistics(dataset, desc=f"counting {dm.name}/{args.split}")

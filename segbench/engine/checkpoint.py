@@ -4,6 +4,7 @@ asked checked against it)."""
 
 from __future__ import annotations
 
+import copy
 import pickle
 from pathlib import Path
 
@@ -11,7 +12,15 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["CheckpointError", "load_checkpoint", "merge_eval_config", "trained_config"]
+__all__ = [
+    "CheckpointError",
+    "evaluation_config",
+    "load_checkpoint",
+    "load_weights",
+    "merge_eval_config",
+    "trained_config",
+    "upgrade_config",
+]
 
 
 class CheckpointError(ValueError):
@@ -43,15 +52,70 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+# classes that moved since segbench 0.1's first layout; checkpoints name them by import path
+MOVED_TARGETS = {
+    "segbench.models.vgg.VGGEncoder": "segbench.models.encoders.VGGEncoder",
+    "segbench.crf.DenseCRF": "segbench.inference.crf.DenseCRF",
+}
+# training settings that sat among a model config's keys before the task group held them
+LEGACY_TASK_KEYS = ("adversarial_weight", "d_steps", "discriminator_optimizer")
+LEGACY_ADVERSARIAL_TASK = "segbench.engine.adversarial.AdversarialTask"
+
+
+def _retarget(node):
+    """``node`` with every moved ``_target_`` renamed (in place for containers)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_" and value in MOVED_TARGETS:
+                node[key] = MOVED_TARGETS[value]
+            else:
+                _retarget(value)
+    elif isinstance(node, list):
+        for item in node:
+            _retarget(item)
+    return node
+
+
+def upgrade_config(config: dict) -> dict:
+    """A run config stored by an earlier segbench, in today's form (a copy): moved classes
+    renamed; GAN-seg's training settings moved from ``model`` to ``task``, and its top-level
+    ``aux_weight`` dropped (the segmenter carries its own); a ReSeg encoder built to stop at the
+    level ReSeg reads (``until_stride``), as the saved weights were. Today's configs pass
+    through unchanged."""
+    config = _retarget(copy.deepcopy(config))
+    model = config.get("model") or {}
+    if "task" not in config and any(key in model for key in LEGACY_TASK_KEYS):
+        config["task"] = {"_target_": LEGACY_ADVERSARIAL_TASK, "_partial_": True}
+        for key in LEGACY_TASK_KEYS:
+            if key in model:
+                config["task"][key] = model.pop(key)
+        model.pop("aux_weight", None)
+    reseg = model.get("segmenter") if "segmenter" in model else model
+    backbone = config.get("backbone")
+    if (
+        isinstance(reseg, dict)
+        and str(reseg.get("_target_", "")).endswith(".ReSeg")
+        and "feature_stride" not in reseg
+        and reseg.get("feature_index") is None
+        and isinstance(backbone, dict)
+        and "until_stride" not in backbone
+    ):
+        for encoder in (backbone, reseg.get("encoder")):
+            if isinstance(encoder, dict):
+                encoder["until_stride"] = 4  # the stride-4 level it read by default
+    return config
+
+
 def trained_config(ckpt: dict, ckpt_path: str) -> DictConfig:
-    """The run config a segbench checkpoint was trained with."""
+    """The run config a segbench checkpoint was trained with (an earlier segbench's upgraded,
+    :func:`upgrade_config`)."""
     meta = ckpt.get("segbench")
     if not isinstance(meta, dict) or "config" not in meta:
         raise CheckpointError(
             f"checkpoint {ckpt_path!r} has no segbench metadata (it was not written by "
             "segbench's train.py), so the model it holds is unknown"
         )
-    return OmegaConf.create(meta["config"])
+    return OmegaConf.create(upgrade_config(meta["config"]))
 
 
 def _named_on_command_line() -> set[str]:
@@ -137,3 +201,20 @@ def merge_eval_config(cfg: DictConfig, trained: DictConfig, ckpt_path: str) -> D
             f"{merged.dataset.name!r} has {list(merged.dataset.class_names)}"
         )
     return merged
+
+
+def evaluation_config(cfg: DictConfig) -> tuple[DictConfig, dict]:
+    """The run config of evaluating checkpoint ``cfg.ckpt`` as ``cfg`` asks, and its weights."""
+    ckpt_path = str(cfg.ckpt)
+    ckpt = load_checkpoint(ckpt_path)
+    return merge_eval_config(cfg, trained_config(ckpt, ckpt_path), ckpt_path), ckpt["state_dict"]
+
+
+def load_weights(module: torch.nn.Module, state_dict: dict, ckpt_path: str, model: str) -> None:
+    """Load a checkpoint's weights strictly; a mismatch names the checkpoint and the model."""
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path!r} does not fit model {model!r}: {err}"
+        ) from err

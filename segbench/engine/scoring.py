@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -15,7 +15,7 @@ from segbench.inference.flops import count_flops
 from segbench.models.base import count_parameters, segmenter_of
 from segbench.results import RESULTS_FILE, build_results, format_table, write_results
 
-__all__ = ["RunInfo", "check_output_dir", "score"]
+__all__ = ["RunInfo", "check_output_dir", "score", "start_run"]
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,11 @@ class RunInfo:
     """What ``results.json`` says about the run besides its figures."""
 
     kind: str  # "train" or "evaluate"
-    config: dict  # the resolved run config
-    checkpoint: str | None  # the weights evaluated
     output_dir: str
     seed: int
     start: float  # time.time() when the run started
+    config: dict = field(default_factory=dict)  # the resolved run config
+    checkpoint: str | None = None  # the weights evaluated
     best_val_miou: float | None = None
 
 
@@ -39,6 +39,15 @@ def check_output_dir(output_dir: str | Path) -> None:
             f"{path} already exists: this run directory holds an earlier run's results, "
             "which segbench never overwrites. Choose another hydra.run.dir."
         )
+
+
+def start_run(cfg, kind: str) -> RunInfo:
+    """Refuse a run directory that holds an earlier run's results, then seed everything;
+    returns the run's record, started now."""
+    start = time.time()
+    check_output_dir(cfg.output_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+    return RunInfo(kind=kind, output_dir=str(cfg.output_dir), seed=int(cfg.seed), start=start)
 
 
 def _test(trainer: pl.Trainer, task: SegmentationTask, dm: SegDataModule, split: str) -> dict:

@@ -70,7 +70,6 @@ class SegmentationTask(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.num_classes = num_classes
         self.class_names = list(class_names)
-        self.aux_weight = float(getattr(segmenter_of(model), "aux_weight", 0.0) or 0.0)
         self.run_config = run_config or {}
         self.eval_split = "test"
         self.metrics = nn.ModuleDict(
@@ -78,6 +77,11 @@ class SegmentationTask(pl.LightningModule):
         )
         # the last figures computed for each prefix, as Python numbers (read by the engine)
         self.results: dict[str, dict] = {}
+
+    @property
+    def aux_weight(self) -> float:
+        """The weight of the auxiliary loss: the model's head carries it (0 without one)."""
+        return float(getattr(segmenter_of(self.model), "aux_weight", 0.0) or 0.0)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(B, K, H, W)`` at input resolution."""

@@ -1,5 +1,5 @@
 """What every loss shares: the checks of labels, shapes and options, the ignored-pixel mask, the
-class-weight buffer (:class:`_SegLoss`) and the safe normalisation of a sum that may count
+class-weight buffer (:class:`SegLoss`) and the safe normalisation of a sum that may count
 nothing."""
 
 from __future__ import annotations
@@ -10,10 +10,21 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+__all__ = [
+    "CLASS_SELECTIONS",
+    "SegLoss",
+    "check_choice",
+    "check_range",
+    "pixel_nll",
+    "safe_div",
+    "valid_pixels",
+    "weight_tensor",
+]
+
 CLASS_SELECTIONS = ("present", "all")
 
 
-def _class_weights(class_weights: Sequence[float] | None, num_classes: int) -> Tensor | None:
+def weight_tensor(class_weights: Sequence[float] | None, num_classes: int) -> Tensor | None:
     """``class_weights`` as a ``(K,)`` float tensor, checked: one non-negative weight per class."""
     if class_weights is None:
         return None
@@ -33,17 +44,17 @@ def _class_weights(class_weights: Sequence[float] | None, num_classes: int) -> T
     return weight
 
 
-def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
+def check_choice(key: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"loss.{key}={value!r} is not one of {', '.join(map(repr, choices))}")
 
 
-def _check_range(key: str, value: float, low: float, high: float = math.inf) -> None:
+def check_range(key: str, value: float, low: float, high: float = math.inf) -> None:
     if not low <= value <= high:
         raise ValueError(f"loss.{key}={value} is outside [{low}, {high}]")
 
 
-def _valid_pixels(logits: Tensor, target: Tensor, num_classes: int, ignore_index: int) -> Tensor:
+def valid_pixels(logits: Tensor, target: Tensor, num_classes: int, ignore_index: int) -> Tensor:
     """The ``(B, H, W)`` mask of non-ignored pixels, after checking shapes and labels."""
     if logits.dim() != 4 or logits.shape[1] != num_classes:
         raise ValueError(
@@ -64,18 +75,18 @@ def _valid_pixels(logits: Tensor, target: Tensor, num_classes: int, ignore_index
     return valid
 
 
-def _safe_div(num: Tensor, den: Tensor) -> Tensor:
+def safe_div(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` where ``den == 0`` only happens with ``num == 0`` (nothing counted): 0."""
     return num / den.clamp_min(1e-12)
 
 
-def _pixel_nll(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+def pixel_nll(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     """``-log p(target)`` per pixel, ``(B, H, W)``; ignored pixels read class 0 (mask them)."""
     labels = torch.where(valid, target, 0).long()
     return -logits.float().log_softmax(1).gather(1, labels[:, None])[:, 0]
 
 
-class _SegLoss(nn.Module):
+class SegLoss(nn.Module):
     """Holds ``num_classes``, ``ignore_index`` and the optional ``weight`` buffer (K,)."""
 
     def __init__(
@@ -84,7 +95,7 @@ class _SegLoss(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.register_buffer("weight", _class_weights(class_weights, num_classes))
+        self.register_buffer("weight", weight_tensor(class_weights, num_classes))
 
     def _pixel_weights(self, target: Tensor, valid: Tensor) -> Tensor:
         """``w[y]`` per valid pixel (1 without class weights), 0 at ignored pixels."""

@@ -9,18 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from segbench.losses._common import (
-    _check_range,
-    _pixel_nll,
-    _safe_div,
-    _SegLoss,
-    _valid_pixels,
-)
+from segbench.losses._common import SegLoss, check_range, pixel_nll, safe_div, valid_pixels
 
 __all__ = ["CrossEntropyLoss", "FocalLoss", "OHEMCrossEntropyLoss"]
 
 
-class CrossEntropyLoss(_SegLoss):
+class CrossEntropyLoss(SegLoss):
     """Pixel-wise cross-entropy averaged over non-ignored pixels.
 
     With class weights, the average is weighted (as ``torch.nn.CrossEntropyLoss`` does): the
@@ -57,7 +51,7 @@ class CrossEntropyLoss(_SegLoss):
         )
 
 
-class FocalLoss(_SegLoss):
+class FocalLoss(SegLoss):
     """Focal loss ``-(1 - p_t)^gamma log p_t`` (Lin et al., "Focal Loss for Dense Object
     Detection", ICCV 2017), averaged over non-ignored pixels.
 
@@ -81,19 +75,19 @@ class FocalLoss(_SegLoss):
         class_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__(num_classes, ignore_index, class_weights)
-        _check_range("gamma", gamma, 0.0)
+        check_range("gamma", gamma, 0.0)
         self.gamma = gamma
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        valid = _valid_pixels(logits, target, self.num_classes, self.ignore_index)  # (B, H, W)
-        nll = _pixel_nll(logits, target, valid)  # (B, H, W)
+        valid = valid_pixels(logits, target, self.num_classes, self.ignore_index)  # (B, H, W)
+        nll = pixel_nll(logits, target, valid)  # (B, H, W)
         # 1 - p_t, kept off 0 so that gamma < 1 has a finite gradient at p_t = 1
         focus = (-torch.expm1(-nll)).clamp_min(1e-12) ** self.gamma  # (B, H, W)
         weights = self._pixel_weights(target, valid)  # (B, H, W), 0 where ignored
-        return _safe_div((weights * focus * nll).sum(), weights.sum())
+        return safe_div((weights * focus * nll).sum(), weights.sum())
 
 
-class OHEMCrossEntropyLoss(_SegLoss):
+class OHEMCrossEntropyLoss(SegLoss):
     """Cross-entropy over the hard pixels only: online hard example mining (Shrivastava et al.,
     CVPR 2016) in its thresholded pixel form (Wu, Shen & van den Hengel, 2016, "online
     bootstrapping"; mmsegmentation's ``OHEMPixelSampler``).
@@ -122,15 +116,15 @@ class OHEMCrossEntropyLoss(_SegLoss):
         class_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__(num_classes, ignore_index, class_weights)
-        _check_range("thresh", thresh, 0.0, 1.0)
+        check_range("thresh", thresh, 0.0, 1.0)
         if not isinstance(min_kept, int) or min_kept < 0:
             raise ValueError(f"loss.min_kept={min_kept!r}, expected a non-negative integer")
         self.thresh = thresh
         self.min_kept = min_kept
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        valid = _valid_pixels(logits, target, self.num_classes, self.ignore_index)  # (B, H, W)
-        nll = _pixel_nll(logits, target, valid)  # (B, H, W)
+        valid = valid_pixels(logits, target, self.num_classes, self.ignore_index)  # (B, H, W)
+        nll = pixel_nll(logits, target, valid)  # (B, H, W)
         with torch.no_grad():
             prob = torch.where(valid, torch.exp(-nll), 2.0).flatten()  # ignored: above any cut
             cut = torch.tensor(self.thresh, device=prob.device)
@@ -140,4 +134,4 @@ class OHEMCrossEntropyLoss(_SegLoss):
                 cut = torch.maximum(cut, prob.kthvalue(k).values)
             kept = (prob <= cut).view_as(valid) & valid  # (B, H, W)
         weights = self._pixel_weights(target, kept)  # (B, H, W)
-        return _safe_div((weights * nll).sum(), weights.sum())
+        return safe_div((weights * nll).sum(), weights.sum())

@@ -6,13 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from segbench.losses._common import (
-    CLASS_SELECTIONS,
-    _check_choice,
-    _safe_div,
-    _SegLoss,
-    _valid_pixels,
-)
+from segbench.losses._common import CLASS_SELECTIONS, SegLoss, check_choice, safe_div, valid_pixels
 
 __all__ = ["LovaszSoftmaxLoss", "lovasz_grad"]
 
@@ -33,7 +27,7 @@ def lovasz_grad(truth_sorted: Tensor) -> Tensor:
     return torch.diff(jaccard, dim=-1, prepend=torch.zeros_like(jaccard[..., :1]))
 
 
-class LovaszSoftmaxLoss(_SegLoss):
+class LovaszSoftmaxLoss(SegLoss):
     """Lovász-softmax loss (Berman, Rannen Triki & Blaschko, CVPR 2018): per class, the Lovász
     extension of the Jaccard loss evaluated on the errors ``|[y = c] - p_c|``, averaged over
     classes.
@@ -58,12 +52,12 @@ class LovaszSoftmaxLoss(_SegLoss):
         per_image: bool = False,
     ) -> None:
         super().__init__(num_classes, ignore_index, None)
-        _check_choice("classes", classes, CLASS_SELECTIONS)
+        check_choice("classes", classes, CLASS_SELECTIONS)
         self.classes = classes
         self.per_image = per_image
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        valid = _valid_pixels(logits, target, self.num_classes, self.ignore_index)  # (B, H, W)
+        valid = valid_pixels(logits, target, self.num_classes, self.ignore_index)  # (B, H, W)
         groups = logits.shape[0] if self.per_image else 1
         k = self.num_classes
         probs = logits.float().softmax(1).transpose(0, 1).reshape(k, groups, -1)  # (K, G, N)
@@ -91,6 +85,6 @@ class LovaszSoftmaxLoss(_SegLoss):
             counted = (counts[:, todo] > 0).float()  # (G, C)
         else:
             counted = valid.any(-1, keepdim=True).float().expand_as(loss)  # (G, C)
-        per_group = _safe_div((counted * loss).sum(1), counted.sum(1))  # (G,)
+        per_group = safe_div((counted * loss).sum(1), counted.sum(1))  # (G,)
         has_pixels = valid.any(-1).float()  # (G,)
-        return _safe_div((has_pixels * per_group).sum(), has_pixels.sum())
+        return safe_div((has_pixels * per_group).sum(), has_pixels.sum())

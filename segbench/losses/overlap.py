@@ -10,17 +10,17 @@ from torch import Tensor
 
 from segbench.losses._common import (
     CLASS_SELECTIONS,
-    _check_choice,
-    _check_range,
-    _safe_div,
-    _SegLoss,
-    _valid_pixels,
+    SegLoss,
+    check_choice,
+    check_range,
+    safe_div,
+    valid_pixels,
 )
 
 __all__ = ["DiceLoss", "JaccardLoss"]
 
 
-class _SoftOverlapLoss(_SegLoss):
+class _SoftOverlapLoss(SegLoss):
     """``1 - score`` per class from soft counts over the batch, averaged over classes."""
 
     def __init__(
@@ -32,8 +32,8 @@ class _SoftOverlapLoss(_SegLoss):
         class_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__(num_classes, ignore_index, class_weights)
-        _check_range("smooth", smooth, 0.0)
-        _check_choice("classes", classes, CLASS_SELECTIONS)
+        check_range("smooth", smooth, 0.0)
+        check_choice("classes", classes, CLASS_SELECTIONS)
         self.smooth = smooth
         self.classes = classes
 
@@ -42,7 +42,7 @@ class _SoftOverlapLoss(_SegLoss):
         raise NotImplementedError
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        valid = _valid_pixels(logits, target, self.num_classes, self.ignore_index)  # (B, H, W)
+        valid = valid_pixels(logits, target, self.num_classes, self.ignore_index)  # (B, H, W)
         probs = logits.float().softmax(1) * valid[:, None]  # (B, K, H, W), 0 where ignored
         classes = torch.arange(self.num_classes, device=target.device)
         truth = (target[:, None] == classes[None, :, None, None]) & valid[:, None]  # (B, K, H, W)
@@ -56,7 +56,7 @@ class _SoftOverlapLoss(_SegLoss):
             counted = valid.any().float().expand(self.num_classes)  # (K,)
         if self.weight is not None:
             counted = counted * self.weight
-        return _safe_div((counted * loss).sum(), counted.sum())
+        return safe_div((counted * loss).sum(), counted.sum())
 
 
 class DiceLoss(_SoftOverlapLoss):

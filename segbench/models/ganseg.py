@@ -168,19 +168,7 @@ class GANSeg(nn.Module):
         output_stride: int | None = None,
     ) -> None:
         super().__init__()
-        for part, module in (("segmenter", segmenter), ("discriminator", discriminator)):
-            have = getattr(module, "num_classes", num_classes)
-            if have != num_classes:
-                raise ValueError(
-                    f"GANSeg has num_classes={num_classes} but its {part} "
-                    f"{type(module).__name__} has {have}"
-                )
-        strides = getattr(getattr(segmenter, "encoder", None), "strides", None)
-        if output_stride is not None and strides and strides[-1] != output_stride:
-            raise ValueError(
-                f"GANSeg: output_stride={output_stride} but the segmenter's encoder ends at "
-                f"stride {strides[-1]}"
-            )
+        _check_parts(segmenter, discriminator, num_classes, output_stride)
         self.segmenter = segmenter
         self.discriminator = discriminator
         self.num_classes = num_classes
@@ -192,3 +180,22 @@ class GANSeg(nn.Module):
     def discriminate(self, image: Tensor, maps: Tensor) -> Tensor:
         """Real/fake logits ``(B,)`` for label maps (probabilities or ground truth)."""
         return self.discriminator(image, maps)
+
+
+def _check_parts(
+    segmenter: nn.Module, discriminator: nn.Module, num_classes: int, output_stride: int | None
+) -> None:
+    """Refuse parts that disagree with GANSeg's ``num_classes`` or ``output_stride``."""
+    for part, module in (("segmenter", segmenter), ("discriminator", discriminator)):
+        have = getattr(module, "num_classes", num_classes)
+        if have != num_classes:
+            raise ValueError(
+                f"GANSeg has num_classes={num_classes} but its {part} "
+                f"{type(module).__name__} has {have}"
+            )
+    strides = getattr(getattr(segmenter, "encoder", None), "strides", None)
+    if output_stride is not None and strides and strides[-1] != output_stride:
+        raise ValueError(
+            f"GANSeg: output_stride={output_stride} but the segmenter's encoder ends at "
+            f"stride {strides[-1]}"
+        )
