@@ -3,8 +3,9 @@ loss and nothing to its normaliser, and a batch with no valid pixel gives a zero
 has a gradient graph (never NaN).
 
 All take ``logits (B, K, H, W)`` and ``target (B, H, W)`` and return a scalar; all expose
-``num_classes`` and ``ignore_index`` (checked against the dataset by ``run.py``). ``WeightedSum``
-combines any of them from config (``loss=ce_dice``).
+``num_classes`` and ``ignore_index`` (checked against the dataset by
+:func:`segbench.engine.build.build_task`). ``WeightedSum`` combines any of them from config
+(``loss=ce_dice``).
 
 Modules: :mod:`~segbench.losses.cross_entropy` (cross-entropy, focal, OHEM),
 :mod:`~segbench.losses.overlap` (soft Dice, Jaccard), :mod:`~segbench.losses.lovasz`

@@ -28,10 +28,11 @@ def weight_tensor(class_weights: Sequence[float] | None, num_classes: int) -> Te
     """``class_weights`` as a ``(K,)`` float tensor, checked: one non-negative weight per class."""
     if class_weights is None:
         return None
-    if isinstance(class_weights, str):  # a weighting name that run.py did not resolve
+    if isinstance(class_weights, str):  # a weighting name the engine did not resolve
         raise ValueError(
             f"loss.class_weights={class_weights!r} reached the loss unresolved: a weighting "
-            "name is computed from the training split by run.py; expected a list of numbers"
+            "name is computed from the training split before training (train.py does it); "
+            "expected a list of numbers"
         )
     weight = torch.as_tensor(list(class_weights), dtype=torch.float32)
     if weight.shape != (num_classes,):

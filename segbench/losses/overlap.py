@@ -3,6 +3,7 @@ batch, then averaged over classes."""
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 
 import torch
@@ -20,7 +21,7 @@ from segbench.losses._common import (
 __all__ = ["DiceLoss", "JaccardLoss"]
 
 
-class _SoftOverlapLoss(SegLoss):
+class _SoftOverlapLoss(SegLoss, abc.ABC):
     """``1 - score`` per class from soft counts over the batch, averaged over classes."""
 
     def __init__(
@@ -37,9 +38,9 @@ class _SoftOverlapLoss(SegLoss):
         self.smooth = smooth
         self.classes = classes
 
+    @abc.abstractmethod
     def _score(self, intersection: Tensor, total: Tensor) -> Tensor:
         """Per-class score from ``sum(p * g)`` and ``sum(p) + sum(g)``, both ``(K,)``."""
-        raise NotImplementedError
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         valid = valid_pixels(logits, target, self.num_classes, self.ignore_index)  # (B, H, W)
