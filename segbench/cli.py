@@ -53,9 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``segbench <verb> args...``; returns the verb's exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:  # a usage error: the help goes to stderr
+        parser.print_help(sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
         parser.print_help()
-        return 0 if argv else 2
+        return 0
     verb, args = argv[0], argv[1:]
     if verb not in VERBS:
         parser.print_usage(sys.stderr)
