@@ -34,6 +34,7 @@ def test_a_checkpoint_naming_moved_classes_evaluates_to_the_same_figures(trained
         legacy["segbench"]["config"]["model"]["encoder"],
     ):
         part["_target_"] = "segbench.models.vgg.VGGEncoder"  # where the class lived before
+    del legacy["segbench"]["config"]["task"]  # no task group then: the segmentation task
     torch.save(legacy, tmp_path / "legacy.ckpt")
     figures = []
     for name, path in (("today", best), ("legacy", tmp_path / "legacy.ckpt")):

@@ -23,8 +23,6 @@ __all__ = [
     "resolve_class_weights",
 ]
 
-DEFAULT_TASK = {"_target_": "segbench.engine.task.SegmentationTask", "_partial_": True}
-
 
 def _constructor_args(cfg: dict) -> dict:
     """A model config without its ``name`` (a label, not an argument), also in the model
@@ -93,7 +91,7 @@ def build_task(
             f"loss.ignore_index={loss.ignore_index} but dataset {dm.name!r} ignores "
             f"{dm.ignore_index}; leave it as ${{dataset.ignore_index}}"
         )
-    task = instantiate(cfg.get("task") or DEFAULT_TASK)
+    task = instantiate(cfg.task)
     return task(
         model=model,
         loss=loss,

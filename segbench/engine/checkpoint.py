@@ -60,6 +60,8 @@ MOVED_TARGETS = {
 # training settings that sat among a model config's keys before the task group held them
 LEGACY_TASK_KEYS = ("adversarial_weight", "d_steps", "discriminator_optimizer")
 LEGACY_ADVERSARIAL_TASK = "segbench.engine.adversarial.AdversarialTask"
+# the task of every other model then (conf/task/segmentation.yaml)
+LEGACY_TASK = "segbench.engine.task.SegmentationTask"
 
 
 def _retarget(node):
@@ -79,7 +81,8 @@ def _retarget(node):
 def upgrade_config(config: dict) -> dict:
     """A run config stored by an earlier segbench, in today's form (a copy): moved classes
     renamed; GAN-seg's training settings moved from ``model`` to ``task``, and its top-level
-    ``aux_weight`` dropped (the segmenter carries its own); a ReSeg encoder built to stop at the
+    ``aux_weight`` dropped (the segmenter carries its own); every other model trained by the
+    segmentation task; a ReSeg encoder built to stop at the
     level ReSeg reads (``until_stride``), as the saved weights were. Today's configs pass
     through unchanged."""
     config = _retarget(copy.deepcopy(config))
@@ -90,6 +93,7 @@ def upgrade_config(config: dict) -> dict:
             if key in model:
                 config["task"][key] = model.pop(key)
         model.pop("aux_weight", None)
+    config.setdefault("task", {"_target_": LEGACY_TASK, "_partial_": True})
     reseg = model.get("segmenter") if "segmenter" in model else model
     backbone = config.get("backbone")
     if (

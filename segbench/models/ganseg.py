@@ -158,6 +158,8 @@ class GANSeg(nn.Module):
         output_stride: the segmenter's output stride, repeated at the top of the model config
             because the backbone configs read ``model.output_stride``; checked against the
             segmenter's encoder when both are known.
+        feature_stride: the segmenter's ``feature_stride`` (ReSeg's), repeated likewise because
+            the backbone configs read ``model.feature_stride`` to stop the encoder there.
     """
 
     def __init__(
@@ -166,6 +168,7 @@ class GANSeg(nn.Module):
         discriminator: nn.Module,
         num_classes: int,
         output_stride: int | None = None,
+        feature_stride: int | None = None,
     ) -> None:
         super().__init__()
         _check_parts(segmenter, discriminator, num_classes, output_stride)
@@ -173,6 +176,7 @@ class GANSeg(nn.Module):
         self.discriminator = discriminator
         self.num_classes = num_classes
         self.output_stride = output_stride
+        self.feature_stride = feature_stride
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.segmenter(x)  # {"out": (B, K, H, W), "aux"?: (B, K, H, W)}
