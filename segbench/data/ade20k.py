@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.data.base import FilePairDataset, dataset_root, label_values
+from segbench.data.base import FilePairDataset, dataset_root, empty_split_error, label_values
 
 __all__ = ["SPLIT_DIRS", "ADE20KDataset", "reduce_zero_label_lut"]
 
@@ -87,6 +87,12 @@ class ADE20KDataset(FilePairDataset):
                 )
         images = {p.stem: p for p in sorted(image_dir.glob("*.jpg"))}
         masks = {p.stem: p for p in sorted(mask_dir.glob("*.png"))}
+        if not images and not masks:
+            raise empty_split_error(
+                f"{image_dir}/ and {mask_dir}/",
+                split,
+                f"no *.jpg image and no *.png annotation; {LAYOUT}",
+            )
         self.layout_problems = [f"{image_dir}: no *.jpg images; {LAYOUT}"] if not images else []
         self.layout_problems += [
             f"{path}: image without annotation {mask_dir / stem}.png"

@@ -11,7 +11,9 @@ Layout of the release (``root`` is its ``CamVid/`` directory)::
 Bicyclist) and 11 = void, which is ignored. Each line of a split file names an image and its
 label as ``/SegNet/CamVid/train/<name>.png /SegNet/CamVid/trainannot/<name>.png`` (paths on
 the SegNet authors' machine): segbench keeps their last two parts (``train/<name>.png``) and
-reads them under ``root``.
+reads them under ``root``. A split file that lists an image twice, or nothing, is refused, and so
+is a training split that shares images (by file name) with val or test; identical split files
+only get a warning (see :func:`~segbench.data.base.split_leaks`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from segbench.data.base import FilePairDataset, dataset_root, unpaired
+from segbench.data.base import (
+    FilePairDataset,
+    dataset_root,
+    empty_split_error,
+    leak_partners,
+    refuse_duplicates,
+    split_file_lines,
+    split_leaks,
+    unpaired,
+)
 
 __all__ = ["CamVidDataset"]
 
@@ -69,18 +80,37 @@ class CamVidDataset(FilePairDataset):
                 "dataset.eval_split=val"
             )
         self.items = []
-        for number, line in enumerate(split_file.read_text().splitlines(), 1):
+        listed = []  # (line number, image path under root) of each line
+        for number, line in split_file_lines(split_file):
             fields = line.split()
-            if not fields:
-                continue
             if len(fields) != 2:
                 raise ValueError(
                     f"{split_file}:{number}: expected '<image path> <label path>', got {line!r}"
                 )
-            self.items.append(
-                (_under_root(self.root, fields[0]), _under_root(self.root, fields[1]))
+            image, label = (_under_root(self.root, f) for f in fields)
+            self.items.append((image, label))
+            listed.append((number, image.relative_to(self.root).as_posix()))
+        if not self.items:
+            raise empty_split_error(
+                split_file, split, "the file lists no sample ('<image path> <label path>' lines)"
             )
+        refuse_duplicates(split_file, listed)
         self.layout_problems = self._layout_problems(split_file)
+        self._check_leaks(split_file)
+
+    def _check_leaks(self, split_file: Path) -> None:
+        """The training split must share no image (by file name) with val or test."""
+        others = []
+        for other in leak_partners(self.split):
+            path = self.root / f"{other}.txt"
+            if path.is_file():
+                lines = (line.split() for _, line in split_file_lines(path))
+                others.append((str(path), [_under_root(self.root, f[0]).name for f in lines]))
+        mine = (str(split_file), [image.name for image, _ in self.items])
+        problems, notes = split_leaks(mine, others)
+        self.layout_problems += problems
+        for note in notes:
+            self.warn(note)
 
     def _layout_problems(self, split_file: Path) -> list[str]:
         problems = [

@@ -23,7 +23,14 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import Cityscapes
 
-from segbench.data.base import DataError, FilePairDataset, dataset_root, label_values, read_image
+from segbench.data.base import (
+    DataError,
+    FilePairDataset,
+    dataset_root,
+    empty_split_error,
+    label_values,
+    read_image,
+)
 
 __all__ = [
     "CLASS_NAMES",
@@ -112,6 +119,13 @@ class CityscapesDataset(FilePairDataset):
         mask_suffix = f"_gtFine_{label_files}.png"
         images = self._files(self.root / "leftImg8bit" / split, IMAGE_SUFFIX)
         masks = self._files(self.root / "gtFine" / split, mask_suffix)
+        if not images and not masks:
+            raise empty_split_error(
+                f"{self.root / 'leftImg8bit' / split}/ and {self.root / 'gtFine' / split}/",
+                split,
+                f"no <city>/*{IMAGE_SUFFIX} image and no <city>/*{mask_suffix} label file; "
+                f"{LAYOUT}",
+            )
         self.layout_problems = self._pairing_problems(images, masks, mask_suffix)
         self.items = [(images[k], masks[k]) for k in sorted(set(images) & set(masks))]
 

@@ -8,6 +8,14 @@ Layout::
       splits/{train,val,test}.txt   optional: one stem per line
 
 Without split files the stems are shuffled with ``seed`` and cut by ``split_ratio``.
+
+A split file that lists a stem twice, or none, is refused. The training split and the
+evaluation splits (val, test) must not share a stem: a split file that shares some with
+another is a layout problem (identical files only get a :class:`~segbench.data.base.DataWarning`:
+training and evaluating on the same images is often deliberate, as in an overfitting check).
+A split cut by ``split_ratio`` while other splits have files is compared with those files when
+it is opened, since the ratio cuts it from every image, including those the files list (a split
+read from a file is not compared with ratio-cut ones: that happens when they are opened).
 """
 
 from __future__ import annotations
@@ -17,7 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.data.base import FilePairDataset, dataset_root, unpaired
+from segbench.data.base import (
+    FilePairDataset,
+    dataset_root,
+    empty_split_error,
+    leak_partners,
+    read_split_file,
+    split_file_lines,
+    split_leaks,
+    unpaired,
+)
 
 __all__ = ["FolderDataset"]
 
@@ -66,32 +83,78 @@ class FolderDataset(FilePairDataset):
                 )
         images = _files_by_stem(self.root / "images", IMAGE_EXTENSIONS)
         masks = _files_by_stem(self.root / "masks", (".png",))
+        if not images and not masks:
+            raise empty_split_error(
+                f"{self.root / 'images'}/ and {self.root / 'masks'}/",
+                split,
+                f"both directories are empty (no image {'/'.join(IMAGE_EXTENSIONS)}, no .png "
+                f"mask); {LAYOUT}",
+            )
         self.layout_problems = unpaired(images, masks, str(self.root))
         paired = sorted(set(images) & set(masks))
         stems = self._split_stems(paired, split_ratio or {}, seed)
         self.items = [(images[s], masks[s]) for s in stems]
 
+    def _split_file(self, split: str) -> Path:
+        return self.root / "splits" / f"{split}.txt"
+
     def _split_stems(self, stems: list[str], ratio: Mapping[str, float], seed: int) -> list[str]:
-        split_file = self.root / "splits" / f"{self.split}.txt"
+        split_file = self._split_file(self.split)
         if split_file.is_file():
-            listed = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+            listed = read_split_file(split_file)
+            if not listed:
+                raise empty_split_error(split_file, self.split, "the file lists no stem")
             have = set(stems)
             self.layout_problems += [
                 f"{split_file}: {s} is listed but has no image/mask pair"
                 for s in listed
                 if s not in have
             ]
+            self._check_leaks(str(split_file), listed, hint="")
             return [s for s in listed if s in have]
         if self.split not in ratio:
             raise ValueError(
                 f"{self.root}: no splits/{self.split}.txt and no split_ratio for {self.split!r} "
                 f"(split_ratio={dict(ratio)})"
             )
+        cut = self._ratio_stems(stems, ratio, seed, self.split)
+        where = f"split_ratio {self.split}={ratio[self.split]} of {self.root} (seed {seed})"
+        if stems and not cut:
+            raise empty_split_error(
+                where,
+                self.split,
+                f"{float(ratio[self.split])} of the {len(stems)} image/mask pairs rounds to "
+                f"none; raise split_ratio.{self.split} or list the split in {split_file}",
+            )
+        self._check_leaks(
+            where,
+            cut,
+            hint=f" (a split without a file is cut from every image: write {split_file} too)",
+        )
+        return cut
+
+    @staticmethod
+    def _ratio_stems(
+        stems: list[str], ratio: Mapping[str, float], seed: int, split: str
+    ) -> list[str]:
         order = np.random.default_rng(seed).permutation(len(stems))
         names = list(ratio)  # cut the shuffled list in the order the splits are given
         bounds = np.cumsum([0.0] + [float(ratio[n]) for n in names])
         if bounds[-1] > 1.0 + 1e-9:
             raise ValueError(f"split_ratio fractions sum to {bounds[-1]:.3f} > 1: {dict(ratio)}")
-        i = names.index(self.split)
+        i = names.index(split)
         lo, hi = (int(round(b * len(stems))) for b in (bounds[i], bounds[i + 1]))
         return [stems[j] for j in sorted(order[lo:hi])]
+
+    def _check_leaks(self, where: str, listed: list[str], hint: str) -> None:
+        """Compare the split with the split files of the other side of train/evaluation
+        (splits cut by the ratio never overlap each other, and are compared when opened)."""
+        others = [
+            (str(path), [entry for _, entry in split_file_lines(path)])
+            for path in map(self._split_file, leak_partners(self.split))
+            if path.is_file()
+        ]
+        problems, notes = split_leaks((where, listed), others)
+        self.layout_problems += [p + hint for p in problems]
+        for note in notes:
+            self.warn(note)

@@ -159,6 +159,11 @@ class ShapesDataset(SegmentationDataset):
             raise ValueError(f"shapes: split must be one of {SPLITS}, got {split!r}")
         if split not in sizes:
             raise ValueError(f"shapes: no size given for split {split!r} in sizes={dict(sizes)}")
+        if int(sizes[split]) < 1:
+            raise ValueError(
+                f"shapes: sizes.{split}={sizes[split]}: the {split!r} split is empty; set "
+                f"dataset.source.sizes.{split} to a number of images >= 1"
+            )
         if num_classes != len(CLASS_NAMES):
             raise ValueError(
                 f"shapes has {len(CLASS_NAMES)} classes {CLASS_NAMES}, "

@@ -41,7 +41,15 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.data.base import FilePairDataset, label_values, read_label_png
+from segbench.data.base import (
+    FilePairDataset,
+    empty_split_error,
+    label_values,
+    leak_partners,
+    read_label_png,
+    read_split_file,
+    split_leaks,
+)
 from segbench.data.sbd import (
     CONVERT_HINT,
     SBD_LAYOUT,
@@ -123,12 +131,29 @@ class VOCDataset(FilePairDataset):
                 f"VOC split file {str(split_file.absolute())!r} does not exist (split files "
                 f"there: {_splits_on_disk(self.root)}); {VOC_LAYOUT}"
             )
+        ids = read_split_file(split_file)
+        if not ids:
+            raise empty_split_error(split_file, split, "the file lists no id")
+        self._check_leaks(split_file, ids, leak_partners(split))
         return self._pair(
-            read_ids(split_file),
+            ids,
             lambda i: [self.root / "JPEGImages" / f"{i}.jpg"],
             lambda i: [self.root / "SegmentationClass" / f"{i}.png"],
             str(split_file),
         )
+
+    def _check_leaks(self, split_file: Path, ids: list[str], partners: Iterable[str]) -> None:
+        """The training split must share no id with val or test (of ``ImageSets/Segmentation``);
+        trainval, the union, has no partner."""
+        others = []
+        for other in partners:
+            path = self.root / SPLITS_DIR / f"{other}.txt"
+            if path.is_file():
+                others.append((str(path), read_ids(path)))
+        problems, notes = split_leaks((str(split_file), ids), others)
+        self.layout_problems += problems
+        for note in notes:
+            self.warn(note)
 
     def _pair(
         self,
@@ -221,7 +246,11 @@ class VOCAugDataset(VOCDataset):
         sbd = self.sbd_root
         self.converted = aug_masks.is_dir() and aug_list.is_file()
         if self.converted:
-            ids = read_ids(aug_list)
+            ids = read_split_file(aug_list)
+            if not ids:
+                why = f"the file lists no id; delete it and run {CONVERT_HINT}"
+                raise empty_split_error(aug_list, self.split, why)
+            self._check_leaks(aug_list, ids, ["test"])  # val: just below
             val_file = self.root / SPLITS_DIR / "val.txt"
             leaked = sorted(set(ids) & set(read_ids(val_file))) if val_file.is_file() else []
             if leaked:
@@ -244,6 +273,12 @@ class VOCAugDataset(VOCDataset):
             check_sbd_root(sbd)
             ids = train_aug_ids(self.root, sbd)
             where = f"train_aug of {self.root} + {sbd}"
+            if not ids:
+                raise empty_split_error(
+                    where,
+                    self.split,
+                    "SBD train.txt + val.txt and VOC train.txt list no id outside VOC val.txt",
+                )
             sbd_masks = sbd / "cls"
             suffix = ".mat"
 
