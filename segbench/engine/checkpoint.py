@@ -5,15 +5,18 @@ asked checked against it)."""
 from __future__ import annotations
 
 import copy
-import pickle
 from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from segbench.models.weights import describe_file, describe_object, unreadable_save
+
 __all__ = [
+    "EXPECTED_CHECKPOINT",
     "CheckpointError",
+    "CheckpointNotFoundError",
     "evaluation_config",
     "load_checkpoint",
     "load_weights",
@@ -27,28 +30,101 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used for the requested run."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint file at the path given: nothing there, or a directory."""
+
+
+# what ``ckpt=`` should name, said by every message about a file that is not one
+EXPECTED_CHECKPOINT = (
+    "expected a Lightning checkpoint written by train.py, "
+    "e.g. <run>/checkpoints/best.ckpt or <run>/checkpoints/last.ckpt"
+)
+# the names train.py's ModelCheckpoint gives (conf/callbacks/train.yaml), best first
+RUN_CHECKPOINTS = ("best.ckpt", "last.ckpt")
+
+
+def _run_checkpoints(directory: Path, others: bool = False) -> list[Path]:
+    """train.py's checkpoints in run directory ``directory`` (or in its ``checkpoints/``),
+    best first; with ``others``, when it has none, any other ``*.ckpt`` there."""
+    places = (directory / "checkpoints", directory)
+    found = [d / name for d in places for name in RUN_CHECKPOINTS if (d / name).is_file()]
+    if not found and others:
+        found = sorted(p for d in places if d.is_dir() for p in d.glob("*.ckpt") if p.is_file())
+    return found
+
+
+def _nearby_checkpoint(path: Path) -> str:
+    """A hint naming the checkpoint the user probably meant ('' when none is found): the best
+    checkpoint of a run directory given as ``path``, or of the run that holds ``path``."""
+    try:
+        if path.is_dir():
+            found = _run_checkpoints(path, others=True)
+            if not found:
+                return ""
+            what = "holds checkpoints" if found[0].parent == path else "is a run directory"
+            return f"{str(path)!r} {what}: pass ckpt={found[0]}"
+        for directory in (path.parent, path.parent.parent):
+            found = [p for p in _run_checkpoints(directory) if p != path]
+            if found:
+                return f"a checkpoint nearby: ckpt={found[0]}"
+    except OSError:  # an unreadable directory: no hint
+        pass
+    return ""
+
+
+def _bad_checkpoint(path: Path, problem: str, cls: type = CheckpointError) -> CheckpointError:
+    """The error for ``path``, which is not a usable checkpoint because of ``problem``."""
+    message = f"checkpoint {str(path)!r} {problem}; {EXPECTED_CHECKPOINT}"
+    hint = _nearby_checkpoint(path)
+    return cls(f"{message}. {hint[0].upper()}{hint[1:]}" if hint else message)
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load a Lightning/segbench checkpoint with ``torch.load(weights_only=True)``.
 
+    Every refusal names the path, says what it found there and what was expected (a checkpoint
+    train.py wrote) and, when there is one nearby, the checkpoint the user probably meant (the
+    best one of a run directory given as ``path``).
+
     Raises:
-        FileNotFoundError: the file does not exist.
-        CheckpointError: the file is not a checkpoint, holds objects other than tensors and
-            plain containers, or has no ``state_dict``.
+        CheckpointNotFoundError: nothing at ``path``, or a directory (a ``FileNotFoundError``).
+        CheckpointError: the file is not a checkpoint (text, YAML, an empty, truncated or
+            corrupted file, a zip archive or pickle that ``torch.save`` did not write), holds
+            objects other than tensors and plain containers, or has no ``state_dict``.
     """
+    if not str(path).strip():
+        raise CheckpointNotFoundError(f"no checkpoint given (ckpt is empty); {EXPECTED_CHECKPOINT}")
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise _bad_checkpoint(path, "is a directory, not a file", CheckpointNotFoundError)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        problem = "does not exist" if not path.exists() else "is not a regular file"
+        raise _bad_checkpoint(path, problem, CheckpointNotFoundError)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} holds objects that are not tensors or plain containers, "
-            f"so it is not loaded (weights-only loading): {str(err).splitlines()[0]}"
-        ) from err
-    except (RuntimeError, EOFError) as err:
-        raise CheckpointError(f"{str(path)!r} is not a readable PyTorch checkpoint: {err}") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"checkpoint {str(path)!r} has no 'state_dict' entry")
+    except Exception as err:  # torch.load fails in many ways on what it cannot read
+        raise _bad_checkpoint(path, describe_file(path) or unreadable_save(err)) from err
+    if not isinstance(ckpt, dict):
+        raise _bad_checkpoint(path, f"holds {describe_object(ckpt)}, not a checkpoint")
+    if "state_dict" not in ckpt:
+        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            what = (
+                f"holds a bare state dict ({len(ckpt)} tensor{'s' if len(ckpt) > 1 else ''}, e.g. "
+                f"{next(iter(ckpt))!r}) "
+                "without the run config train.py stores, so the model it fits is unknown"
+            )
+        else:
+            keys = ", ".join(repr(k) for k in list(ckpt)[:6]) or "none"
+            what = (
+                f"is a PyTorch save but not a Lightning checkpoint: no 'state_dict' (keys: {keys})"
+            )
+        raise _bad_checkpoint(path, what)
+    if not isinstance(ckpt["state_dict"], dict):
+        raise _bad_checkpoint(
+            path,
+            f"has a 'state_dict' that is {describe_object(ckpt['state_dict'])}, "
+            "not a dict of tensors",
+        )
     return ckpt
 
 
@@ -115,9 +191,16 @@ def trained_config(ckpt: dict, ckpt_path: str) -> DictConfig:
     :func:`upgrade_config`)."""
     meta = ckpt.get("segbench")
     if not isinstance(meta, dict) or "config" not in meta:
+        lightning = ckpt.get("pytorch-lightning_version")
+        origin = (
+            f"a Lightning {lightning} checkpoint of another program"
+            if lightning
+            else "not a Lightning checkpoint train.py wrote"
+        )
         raise CheckpointError(
-            f"checkpoint {ckpt_path!r} has no segbench metadata (it was not written by "
-            "segbench's train.py), so the model it holds is unknown"
+            f"checkpoint {ckpt_path!r} has no segbench metadata ({origin}: it has a "
+            f"'state_dict' but no run config), so the model it holds is unknown; "
+            f"{EXPECTED_CHECKPOINT}"
         )
     return OmegaConf.create(upgrade_config(meta["config"]))
 
@@ -185,8 +268,10 @@ def merge_eval_config(cfg: DictConfig, trained: DictConfig, ckpt_path: str) -> D
         asked = cfg.dataset
         if "_target_" in asked and asked.get("name") != dataset.get("name"):
             dataset = asked  # another dataset: must share the label set (checked below)
-        else:  # tweaks of the trained dataset (debug sizes, batch size, root, ...)
-            dataset = OmegaConf.merge(dataset, asked)
+        else:  # tweaks of the trained dataset (debug sizes, batch size, root, ...);
+            # evaluate.yaml lists the usual ones as null: left as trained
+            tweaks = {k: v for k, v in asked.items() if v is not None}
+            dataset = OmegaConf.merge(dataset, tweaks)
     merged = OmegaConf.create(
         {
             "model": model,

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from segbench.models.encoders.base import levels_until
+from segbench.models.weights import read_state_dict, state_dict_mismatch
 
 __all__ = ["TimmEncoder"]
 
@@ -28,7 +29,12 @@ class TimmEncoder(nn.Module):
         name: timm model name, e.g. ``resnet18``, ``resnet50`` or a ``test_*`` model.
         pretrained: load weights. Only allowed together with ``weights`` (a local file),
             so that nothing is ever downloaded.
-        weights: path to a local state-dict file for the backbone (timm's format).
+        weights: path to a local state-dict file of the whole timm model ``name`` (timm's key
+            names, as ``timm.create_model(name).state_dict()`` saves them; ``.safetensors`` or a
+            ``torch.save`` file, possibly under ``state_dict``/``model``, ``module.`` prefixes
+            allowed). It must fit the model key for key and shape for shape (the classifier
+            aside, which a feature extractor drops): anything else is refused, never loaded in
+            part.
         out_indices: which feature levels to return (default: all).
         output_stride: 32 (plain; also ``None``), 16 or 8 (dilated last stages, as in DeepLab).
         in_chans: number of input channels.
@@ -64,7 +70,10 @@ class TimmEncoder(nn.Module):
                     f"backbone weights file {str(path)!r} does not exist; expected a local "
                     f"state-dict file for timm model {name!r}"
                 )
-            kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+            _check_weights(path, name, kwargs)
+            # timm reads the file itself (loading it non-strictly, hence the check above);
+            # source None: the file, never the hub, whatever the model's registry entry says
+            kwargs["pretrained_cfg_overlay"] = {"file": str(path), "source": None}
             pretrained = True
         elif pretrained:
             raise ValueError(
@@ -97,3 +106,39 @@ def _indices_until(name: str, kwargs: dict, until_stride: int) -> tuple[int, ...
         info = timm.create_model(name, pretrained=False, **kwargs).feature_info
     indices = list(info.out_indices)
     return tuple(indices[: levels_until(info.reduction(), until_stride)])
+
+
+def _check_weights(path: Path, name: str, kwargs: dict) -> None:
+    """Refuse weights file ``path`` unless it fits timm model ``name`` (built with ``kwargs``).
+
+    timm loads a feature extractor's weights with ``strict=False`` (it drops the classifier),
+    so a file of another model would load nothing and merely be logged. This compares the file
+    with the whole model, built on the meta device (no memory, no weights, RNG untouched): every
+    key but the classifier's present, nothing else, every shape the same. The first conv may
+    have the input channels of timm's pretrained weights, which timm adapts to ``in_chans``.
+    """
+    expected = f"a state dict of timm model {name!r} (timm.create_model({name!r}).state_dict())"
+    found = read_state_dict(path, expected)
+    full = {k: v for k, v in kwargs.items() if k not in ("features_only", "out_indices")}
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, **full)
+        cfg = model.pretrained_cfg
+        wanted = model.state_dict()
+        also_fits = {}
+        source_chans = (cfg.get("input_size") or (3,))[0]
+        first_convs = cfg.get("first_conv") or ()
+        if source_chans != full.get("in_chans", 3) and first_convs:
+            source = timm.create_model(name, pretrained=False, **{**full, "in_chans": source_chans})
+            shapes = source.state_dict()
+            for conv in (first_convs,) if isinstance(first_convs, str) else first_convs:
+                if f"{conv}.weight" in shapes:
+                    also_fits[f"{conv}.weight"] = tuple(shapes[f"{conv}.weight"].shape)
+    classifiers = cfg.get("classifier") or ()
+    classifiers = (classifiers,) if isinstance(classifiers, str) else classifiers
+    optional = {f"{c}.{p}" for c in classifiers for p in ("weight", "bias")}
+    problems = state_dict_mismatch(found, wanted, optional, also_fits)
+    if problems:
+        raise ValueError(
+            f"backbone weights file {str(path)!r} does not fit timm model {name!r}: {problems}. "
+            f"Nothing was loaded; expected {expected}"
+        )

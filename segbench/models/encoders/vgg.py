@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from segbench.models.encoders.base import levels_until
+from segbench.models.weights import read_state_dict, state_dict_mismatch
 
 __all__ = ["VGG_STAGES", "VGGEncoder"]
 
@@ -130,23 +131,34 @@ class VGGEncoder(nn.Module):
         self.dilation = dilations[n - 1]  # dilation a layer after the encoder needs for its view
 
     def load_weights(self, path: str) -> None:
-        """Load ``features.*`` tensors from a local torchvision/timm VGG state dict."""
+        """Load ``features.*`` tensors from a local torchvision/timm VGG state dict (read as
+        :func:`~segbench.engine.checkpoint.read_state_dict` reads one); a file that does not
+        fit them key for key and shape for shape is refused, with what differs."""
         file = Path(path).expanduser()
         if not file.is_file():
             raise FileNotFoundError(
                 f"backbone weights file {str(file)!r} does not exist; expected a local "
                 f"torchvision/timm {self.name} state dict"
             )
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        features = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
-        missing, unexpected = self.features.load_state_dict(features, strict=False)
-        if missing or unexpected:
+        expected = (
+            f"a torchvision/timm {self.name} state dict (batch_norm={self.batch_norm}) "
+            "with features.* keys"
+        )
+        state = read_state_dict(file, expected)
+        found = {k: v for k, v in state.items() if k.startswith("features.")}
+        wanted = {f"features.{k}": v for k, v in self.features.state_dict().items()}
+        problems = state_dict_mismatch(found, wanted)
+        if not found:
+            problems = f"it has no features.* keys (its keys: {', '.join(list(state)[:5])}, ...)"
+        if problems:
             raise ValueError(
                 f"backbone weights {str(file)!r} do not fit {self.name} "
-                f"(batch_norm={self.batch_norm}): missing {missing[:4]}, "
-                f"unexpected {unexpected[:4]}"
+                f"(batch_norm={self.batch_norm}): {problems}. Nothing was loaded; expected "
+                f"{expected}"
             )
+        self.features.load_state_dict(
+            {k[len("features.") :]: v for k, v in found.items()}, strict=True
+        )
 
     def forward_with_indices(
         self, x: Tensor
