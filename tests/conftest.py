@@ -58,7 +58,7 @@ def trained_run(tmp_path_factory) -> Path:
     run_cli(
         "train.py",
         "debug=fast",
-        "dataset.source.sizes.test=9",
+        "dataset.subset.test=9",
         f"hydra.run.dir={run_dir}",
         cwd=workdir,
     )

@@ -255,6 +255,8 @@ def test_misspelt_key_fails(tmp_path):
 
 def test_evaluate_config_composes(tmp_path):
     cfg = compose_config("evaluate", ["ckpt=some.ckpt"], tmp_path)
-    assert cfg.ckpt == "some.ckpt" and cfg.get("model") is None and cfg.get("dataset") is None
+    assert cfg.ckpt == "some.ckpt" and cfg.get("model") is None
+    # the dataset as trained: only the usual tweaks, unset (see evaluation_config)
+    assert "_target_" not in cfg.dataset and not any(cfg.dataset.values())
     cfg = compose_config("evaluate", ["ckpt=x", "model=fcn8s", "dataset=shapes"], tmp_path)
     assert cfg.model.name == "fcn8s"

@@ -25,7 +25,7 @@ def sweep(tmp_path_factory):
         f"model={','.join(MODELS)}",
         "debug=fast",
         "trainer.max_epochs=1",
-        "dataset.source.sizes.train=8",
+        "dataset.subset.train=8",
         f"hydra.sweep.dir={sweep_dir}",
         cwd=workdir,
     )

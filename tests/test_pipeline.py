@@ -152,7 +152,7 @@ def test_an_earlier_run_is_never_overwritten(trained_run, tmp_path):
         "train.py", "debug=fast", f"hydra.run.dir={trained_run}", cwd=tmp_path, check=False
     )
     assert proc.returncode != 0
-    assert "results.json already exists" in proc.stderr
+    assert "holds a finished run (results.json)" in proc.stderr
     assert "Epoch 0" not in proc.stderr + proc.stdout  # refused before training
     assert (trained_run / "results.json").read_bytes() == before
 

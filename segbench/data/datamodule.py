@@ -6,9 +6,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, DistributedSampler
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from segbench.data.base import DataError, SegmentationDataset, format_problems
+from segbench.data.sampling import EpochSampler, ResumableLoader, SeededView, derive_seed
 from segbench.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SegTransform, collate
 
 __all__ = ["SegDataModule", "ShardSampler"]
@@ -56,6 +58,10 @@ class SegDataModule(pl.LightningDataModule):
         pin_memory: pin host memory when training on a GPU.
         check_on_setup: validate every sample of a split (sizes, label values) when it is
             first opened, so that bad data stops the run before training starts.
+        subset: ``{split: n}``: keep only the first ``n`` samples of those splits (quick runs,
+            ``debug=fast``); ``None``: every sample.
+        seed: the run seed, which fixes the training order and every augmentation
+            (:mod:`segbench.data.sampling`); the engine sets it from the run's ``seed``.
     """
 
     def __init__(
@@ -77,6 +83,8 @@ class SegDataModule(pl.LightningDataModule):
         eval_transform: Mapping[str, Any] | None = None,
         pin_memory: bool = True,
         check_on_setup: bool = False,
+        subset: Mapping[str, int] | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if len(class_names) != num_classes:
@@ -107,6 +115,17 @@ class SegDataModule(pl.LightningDataModule):
         self.eval_transform = SegTransform(ignore_index, mean, std, **(eval_transform or {}))
         self.pin_memory = pin_memory
         self.check_on_setup = check_on_setup
+        self.subset = dict(subset or {})
+        for split, n in self.subset.items():
+            # train/val/test may be named for a dataset without that split (debug=fast)
+            known = split in self.splits or split in ("train", "val", "test")
+            if not known or not isinstance(n, int) or n < 1:
+                raise ValueError(
+                    f"dataset {name!r}: subset.{split}={n!r}; expected a split of {self.splits} "
+                    "and a number of samples >= 1"
+                )
+        self.seed = seed
+        self.resume_position: dict | None = None  # the training loader's, from a checkpoint
         self._datasets: dict[str, SegmentationDataset] = {}
 
     def dataset(self, split: str) -> SegmentationDataset:
@@ -123,6 +142,8 @@ class SegDataModule(pl.LightningDataModule):
                 )
             if ds.layout_problems:  # images without masks and vice versa: never skipped
                 raise DataError(format_problems(ds.describe(), ds.layout_problems))
+            if split in self.subset and self.subset[split] < len(ds):
+                ds = _First(ds, self.subset[split])
             if self.check_on_setup:
                 ds.check_all(desc=f"checking {self.name}/{split}")
             self._datasets[split] = ds
@@ -133,31 +154,74 @@ class SegDataModule(pl.LightningDataModule):
             self.dataset("train")
             self.dataset("val")
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def _loader_args(self) -> dict:
+        trainer = self.trainer
+        return {
+            "num_workers": self.num_workers,
+            "collate_fn": collate,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": self.pin_memory
+            and trainer is not None
+            and trainer.strategy.root_device.type == "cuda",
+            # the workers' base seed comes from here, not from the global torch generator, so
+            # that creating a loader never shifts the draws of training (dropout, ...)
+            "generator": torch.Generator().manual_seed(derive_seed(self.seed, 1)),
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        """The training loader: order and augmentation fixed by ``(seed, epoch, index)``, and
+        its position saved in checkpoints (:mod:`segbench.data.sampling`)."""
+        ds = self.dataset("train")
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        sampler = EpochSampler(ds, self.seed, num_replicas=world, rank=rank)
+        loader = ResumableLoader(
+            SeededView(ds, self.seed),
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=len(sampler) > self.batch_size,
+            progress=self._progress,
+            **self._loader_args(),
+        )
+        if self.resume_position is not None:
+            # set by the engine from the checkpoint: Lightning restores a loader's state only
+            # if the loader is built after the restore, and the schedule's step count
+            # (``estimated_stepping_batches``) builds it before
+            loader.load_state_dict(self.resume_position)
+            self.resume_position = None
+        return loader
+
+    def _progress(self) -> tuple[int, int]:
+        """``(epoch, batches of it finished)`` of the training loop, for checkpoints."""
+        loop = self.trainer.fit_loop
+        batches = loop.epoch_loop.batch_progress.current.completed
+        return loop.epoch_progress.current.processed, batches
+
+    def _eval_loader(self, split: str) -> DataLoader:
         ds = self.dataset(split)
         sampler = None
         trainer = self.trainer
-        if not train and trainer is not None and trainer.world_size > 1:
+        if trainer is not None and trainer.world_size > 1:
             sampler = ShardSampler(ds, trainer.world_size, trainer.global_rank)
         return DataLoader(
-            ds,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            sampler=sampler,
-            drop_last=train and len(ds) > self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=collate,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=self.pin_memory
-            and trainer is not None
-            and trainer.strategy.root_device.type == "cuda",
+            ds, batch_size=self.eval_batch_size, sampler=sampler, **self._loader_args()
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_split, train=False)
+        return self._eval_loader(self.eval_split)
+
+
+class _First(Subset):
+    """The first ``n`` samples of a dataset, which still answers like it (``describe()``,
+    ``num_classes``, ``check_all()``, ...)."""
+
+    def __init__(self, dataset: SegmentationDataset, n: int) -> None:
+        super().__init__(dataset, range(n))
+
+    def __getattr__(self, name: str):
+        if name == "dataset":  # not set yet (unpickling in a loader worker)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)

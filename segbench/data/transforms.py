@@ -17,6 +17,7 @@ ignore index, so padding adds nothing to the loss or the metrics.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -136,14 +137,32 @@ class SegTransform:
                 )
             jitter = dict(jitter)
             p = float(jitter.pop("p", 0.5))
-            steps.append(
-                A.ColorJitter(**{k: float(v) for k, v in jitter.items()}, p=p)
-                if jitter
-                else A.NoOp()
-            )
+            # torchvision's meaning: a factor left out is not jittered (albumentations' own
+            # defaults would jitter it, hue by up to half the colour wheel)
+            jitter = {k: float(jitter.get(k) or 0.0) for k in self.JITTER_KEYS if k != "p"}
+            steps.append(A.ColorJitter(**jitter, p=p) if any(jitter.values()) else A.NoOp())
         self.ignore_index = ignore_index
+        # the sizes this pipeline produces, read by the engine's input-size check
+        self.resize = _pair(resize, "resize") if resize is not None else None
+        self.crop = _pair(crop, "crop") if crop is not None else None
+        self.min_scale = float(scale[0]) if scale is not None else 1.0
         self.pipeline = A.Compose(steps) if steps else None
         self.to_tensor = ToTensorNormalize(mean, std)
+
+    def smallest_output(self, height: int, width: int) -> tuple[int, int]:
+        """The smallest ``(H, W)`` an image of ``height x width`` can come out as."""
+        if self.resize is not None:
+            height, width = self.resize
+        height, width = int(height * self.min_scale), int(width * self.min_scale)
+        if self.crop is not None:
+            height, width = self.crop
+        return height, width
+
+    def reseed(self, seed: int) -> None:
+        """Restart the random draws of every step from ``seed`` (one numpy and one Python
+        generator shared by the whole pipeline, as albumentations' ``Compose`` keeps them)."""
+        if self.pipeline is not None:
+            self.pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
     def augment(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The geometric and photometric steps only: ``uint8`` image and mask out."""
@@ -172,9 +191,10 @@ def collate(batch: list[dict]) -> dict:
             f"{s['name']} ({s['image'].shape[-1]}x{s['image'].shape[-2]})" for s in batch[:4]
         )
         raise ValueError(
-            f"a batch mixes image sizes ({listed}); give the dataset a training crop "
-            "(dataset.train_transform.crop=[H,W]), a fixed size (eval_transform.resize=[H,W]), "
-            "or evaluate with dataset.eval_batch_size=1"
+            f"a batch mixes image sizes ({listed}); give the training split a crop "
+            "(dataset.train_transform.crop=[H,W]) or the evaluation a fixed size "
+            "(dataset.eval_transform.resize=[H,W]), or evaluate one image at a time "
+            "(dataset.eval_batch_size=1)"
         )
     return {
         "image": torch.stack([s["image"] for s in batch]),

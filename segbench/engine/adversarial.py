@@ -161,13 +161,13 @@ class AdversarialTask(SegmentationTask):
         if scheduler is not None:
             scheduler.step()
 
-        logged = {
-            "train/loss_seg": loss_seg,
-            "train/loss_adv": loss_adv,
-            "train/loss_d": loss_d,
-        }
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
-        self.log_dict(logged, on_step=True, on_epoch=True, batch_size=size)
+        self.log_train("train/loss", loss, size, prog_bar=True)
+        for key, value in (
+            ("train/loss_seg", loss_seg),
+            ("train/loss_adv", loss_adv),
+            ("train/loss_d", loss_d),
+        ):
+            self.log_train(key, value, size)
         self.metrics["fit"].update(out["out"].detach(), mask)
         return loss.detach()
 

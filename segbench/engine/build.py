@@ -5,14 +5,18 @@ Every check that can fail on a config runs here, before any training starts.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_info
 
 from segbench.data.datamodule import SegDataModule
 from segbench.data.stats import class_weights
+from segbench.engine.resume import AtomicCheckpointIO, RunState
 from segbench.engine.task import SegmentationTask
 
 __all__ = [
@@ -42,13 +46,56 @@ def build_model(model_cfg: DictConfig | dict) -> torch.nn.Module:
     return instantiate(_constructor_args(cfg))
 
 
-def build_datamodule(dataset_cfg: DictConfig, splits: list[str]) -> SegDataModule:
+def build_datamodule(dataset_cfg: DictConfig, splits: list[str], seed: int = 0) -> SegDataModule:
     """The data module of ``conf/dataset/*`` with every split in ``splits`` opened now, so that a
-    missing root or split fails before training."""
+    missing root or split fails before training. ``seed`` (the run's) fixes the training order
+    and augmentation."""
     dm = instantiate(dataset_cfg)
+    dm.seed = int(seed)
     for split in splits:
         dm.dataset(split)
     return dm
+
+
+def _image_sizes(ds) -> list[tuple[tuple[int, int], str]]:
+    """``((H, W), name)`` of every image of a split, from file headers where the dataset lists
+    its files (a fraction of a millisecond each), else from its first sample."""
+    from segbench.data.base import image_shape
+
+    items = getattr(ds, "items", None)
+    if items:
+        return [(image_shape(Path(img))[:2], str(img)) for img, _ in items[: len(ds)]]
+    if len(ds) == 0:
+        return []
+    size = getattr(ds, "image_size", None)
+    if isinstance(size, int):
+        return [((size, size), f"{type(ds).__name__} image_size={size}")]
+    image, _, name = ds.load(0)
+    return [(tuple(image.shape[:2]), name)]
+
+
+def check_input_sizes(model: torch.nn.Module, dm: SegDataModule, splits: list[str]) -> None:
+    """Refuse, before training, images the network cannot take: smaller (after the split's
+    transform) than its total stride, the factor by which its encoder downsamples."""
+    from segbench.models.base import segmenter_of
+
+    strides = getattr(getattr(segmenter_of(model), "encoder", None), "strides", None)
+    if not strides:
+        return
+    stride = int(max(strides))
+    for split in dict.fromkeys(splits):
+        ds = dm.dataset(split)
+        transform = dm.train_transform if split == "train" else dm.eval_transform
+        for (h, w), name in _image_sizes(ds):
+            oh, ow = transform.smallest_output(h, w)
+            if min(oh, ow) < stride:
+                key = "train_transform" if split == "train" else "eval_transform"
+                raise ValueError(
+                    f"{name}: {dm.name}/{split} gives the network {ow}x{oh} (W x H) images, "
+                    f"smaller than its total stride {stride}: every side must be at least "
+                    f"{stride} pixels. Resize the split (dataset.{key}.resize=[H,W]) or use "
+                    "another backbone."
+                )
 
 
 def resolve_class_weights(loss_cfg: DictConfig, dm: SegDataModule) -> None:
@@ -113,6 +160,14 @@ def build_trainer(cfg: DictConfig, task: SegmentationTask | None = None) -> pl.T
     """
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    # the run state first: it seeds each batch and saves at its start, before any other
+    # callback draws random numbers or logs for that batch
+    callbacks.sort(key=lambda c: not isinstance(c, RunState))
+    if not loggers:  # nothing to log the learning rate to (Lightning would refuse the monitor)
+        dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        if dropped:
+            rank_zero_info("no logger: the learning-rate monitor is left out")
     extra = {}
     if getattr(task, "ddp_find_unused_parameters", False) and cfg.trainer.get("strategy") == "ddp":
         extra["strategy"] = "ddp_find_unused_parameters_true"
@@ -123,4 +178,5 @@ def build_trainer(cfg: DictConfig, task: SegmentationTask | None = None) -> pl.T
         logger=loggers or False,
         callbacks=callbacks,
         default_root_dir=cfg.output_dir,
+        plugins=[AtomicCheckpointIO()],
     )

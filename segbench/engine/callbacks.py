@@ -254,6 +254,21 @@ class RunPlots(pl.Callback):
         self.num_images = num_images
         self.history: list[dict] = []
         self._batch: dict | None = None
+        self._collecting = True  # during the first validation of this process
+
+    # the history is part of the checkpoint, so that a resumed run carries it on
+    def state_dict(self) -> dict:
+        return {"history": [dict(row) for row in self.history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [dict(row) for row in state.get("history", [])]
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        self._collecting = False
+        self._record(trainer, trainer.current_epoch + 1, "val")
+        self._draw(trainer, pl_module)
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
@@ -261,7 +276,7 @@ class RunPlots(pl.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         have = 0 if self._batch is None else len(self._batch["image"])
-        if trainer.current_epoch == 0 and have < self.num_images:  # the same images every epoch
+        if self._collecting and have < self.num_images:  # the same images every epoch
             take = {k: batch[k][: self.num_images - have].detach().cpu() for k in ("image", "mask")}
             if self._batch is None:
                 self._batch = take
@@ -299,12 +314,6 @@ class RunPlots(pl.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._flush_train(trainer, pl_module)
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        self._record(trainer, trainer.current_epoch + 1, "val")
-        self._draw(trainer, pl_module)
 
     def _draw(self, trainer, pl_module) -> None:
         from segbench.plots import colorize, default_palette, plot_curves, prediction_grid

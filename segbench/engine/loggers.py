@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 from pathlib import Path
 
+from pytorch_lightning.loggers import CSVLogger as _CSVLogger
 from pytorch_lightning.loggers import WandbLogger
 
-__all__ = ["wandb_logger", "wandb_mode"]
+__all__ = ["CSVLogger", "wandb_logger", "wandb_mode"]
+
+
+class CSVLogger(_CSVLogger):
+    """Lightning's CSV logger that can carry on a resumed run's ``metrics.csv``.
+
+    Lightning's deletes an existing ``metrics.csv``. With ``keep_rows`` set (by ``train()``
+    from the checkpoint: the rows written when it was saved), the file is cut back to its
+    first ``keep_rows`` rows, which the resumed run then extends: no row lost, none twice.
+    """
+
+    keep_rows: int | None = None
+
+    @property
+    def experiment(self):
+        if self._experiment is not None:
+            return self._experiment
+        path = Path(self.log_dir) / "metrics.csv"
+        header, rows = None, []
+        if self.keep_rows is not None and path.is_file():
+            with open(path, newline="") as f:
+                reader = csv.reader(f)
+                header = next(reader, None)
+                rows = [row for _, row in zip(range(self.keep_rows), reader)]
+        experiment = _CSVLogger.experiment.fget(self)  # removes metrics.csv
+        if header:
+            with open(path, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(header)
+                writer.writerows(rows)
+            experiment.metrics_keys = list(header)
+        return experiment
 
 
 def _has_wandb_key() -> bool:

@@ -18,28 +18,64 @@ from segbench.engine.build import (
     build_model,
     build_task,
     build_trainer,
+    check_input_sizes,
     resolve_class_weights,
 )
 from segbench.engine.checkpoint import evaluation_config, load_checkpoint, load_weights
+from segbench.engine.loggers import CSVLogger
+from segbench.engine.resume import RunState, check_resume_config, resolve_resume
+from segbench.engine.rundir import release
 from segbench.engine.scoring import score, start_run
 
 __all__ = ["evaluate", "train"]
 
 
 def train(cfg: DictConfig) -> dict:
-    """Train, evaluate the best checkpoint on the dataset's evaluation split, write results."""
-    run = start_run(cfg, "train")
+    """Train, evaluate the best checkpoint on the dataset's evaluation split, write results.
 
-    dm = build_datamodule(cfg.dataset, ["train", "val", cfg.dataset.eval_split])
+    ``cfg.resume`` (``auto``, a run directory or a checkpoint) carries on an interrupted run
+    where it stopped (see :mod:`segbench.engine.resume`); it raises
+    :class:`~segbench.engine.resume.RunInterrupted` when a signal stops training. The run
+    directory is held (:mod:`segbench.engine.rundir`) until it returns.
+    """
+    try:
+        return _train(cfg)
+    finally:
+        release(cfg.output_dir)
+
+
+def _train(cfg: DictConfig) -> dict:
+    run = start_run(cfg, "train")
+    ckpt_path = resolve_resume(cfg.get("resume"), cfg.output_dir)
+
+    splits = ["train", "val", cfg.dataset.eval_split]
+    dm = build_datamodule(cfg.dataset, splits, seed=cfg.seed)
     resolve_class_weights(cfg.loss, dm)
     config = OmegaConf.to_container(cfg, resolve=True)
+    state = {}
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path)
+        check_resume_config(ckpt, ckpt_path, config)
+        state = (ckpt.get("callbacks") or {}).get(RunState.__qualname__) or {}
+        fit_loop = (ckpt.get("loops") or {}).get("fit_loop") or {}
+        loaders = (fit_loop.get("state_dict") or {}).get("combined_loader") or [None]
+        dm.resume_position = loaders[0]
+        del ckpt
+        wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+        if state.get("wandb_id") and wandb_cfg is not None:
+            wandb_cfg.id, wandb_cfg.resume = state["wandb_id"], "allow"
+        rank_zero_info(f"resuming {ckpt_path}")
     task = build_task(cfg, dm, build_model(cfg.model), run_config=config)
+    check_input_sizes(task.model, dm, splits)
     trainer = build_trainer(cfg, task)
     for lg in trainer.loggers:
+        if isinstance(lg, CSVLogger) and ckpt_path is not None:
+            rows = state.get("csv_rows") or {}
+            lg.keep_rows = rows.get(lg.log_dir, 0)
         lg.log_hyperparams(config)
     rank_zero_info(f"run directory: {Path(cfg.output_dir).resolve()}")
 
-    trainer.fit(task, datamodule=dm, ckpt_path=cfg.get("resume"))
+    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
 
     ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     best, best_val = None, None
@@ -55,11 +91,18 @@ def train(cfg: DictConfig) -> dict:
 
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate a checkpoint on a split and write ``results.json``."""
+    try:
+        return _evaluate(cfg)
+    finally:
+        release(cfg.output_dir)
+
+
+def _evaluate(cfg: DictConfig) -> dict:
     run = start_run(cfg, "evaluate")
     run_cfg, state_dict = evaluation_config(cfg)
     split = cfg.get("split") or run_cfg.dataset.eval_split
 
-    dm = build_datamodule(run_cfg.dataset, [split])
+    dm = build_datamodule(run_cfg.dataset, [split], seed=cfg.seed)
     task_cfg = OmegaConf.merge(run_cfg, {"optimizer": None, "scheduler": None})
     task = build_task(task_cfg, dm, build_model(run_cfg.model))
     load_weights(task, state_dict, str(cfg.ckpt), run_cfg.model.get("name"))

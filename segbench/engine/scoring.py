@@ -9,6 +9,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from segbench.data.datamodule import SegDataModule
+from segbench.engine.rundir import claim
 from segbench.engine.task import SegmentationTask
 from segbench.inference import eval_mode
 from segbench.inference.flops import count_flops
@@ -42,11 +43,12 @@ def check_output_dir(output_dir: str | Path) -> None:
 
 
 def start_run(cfg, kind: str) -> RunInfo:
-    """Refuse a run directory that holds an earlier run's results, then seed everything;
-    returns the run's record, started now."""
+    """Claim the run directory (refused when it holds a finished or running run, see
+    :mod:`segbench.engine.rundir`), then seed everything; returns the run's record, started
+    now."""
     start = time.time()
-    check_output_dir(cfg.output_dir)
-    pl.seed_everything(cfg.seed, workers=True)
+    claim(cfg.output_dir, kind, cfg.get("resume") if kind == "train" else None)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     return RunInfo(kind=kind, output_dir=str(cfg.output_dir), seed=int(cfg.seed), start=start)
 
 

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torchmetrics import MeanMetric
 
 from segbench import __version__
 from segbench.metrics import ConfusionMatrix
@@ -75,6 +76,9 @@ class SegmentationTask(pl.LightningModule):
         self.metrics = nn.ModuleDict(
             {name: ConfusionMatrix(num_classes, ignore_index) for name in ("fit", "val", "test")}
         )
+        # the epoch means of the training losses (``<key>_epoch``), kept as metrics so that
+        # a checkpoint written mid-epoch carries them (see on_save_checkpoint)
+        self.epoch_means = nn.ModuleDict()
         # the last figures computed for each prefix, as Python numbers (read by the engine)
         self.results: dict[str, dict] = {}
 
@@ -102,20 +106,33 @@ class SegmentationTask(pl.LightningModule):
         if not torch.isfinite(value):
             raise FloatingPointError(f"{name} is {value.item()} at step {self.global_step}; {hint}")
 
+    def _epoch_mean(self, key: str) -> MeanMetric:
+        name = key.replace(".", "_")
+        if name not in self.epoch_means:
+            # this process's mean, as Lightning's own epoch means: rank 0 reads the epoch
+            # figures alone (callback_metrics), so computing one must not be a collective
+            self.epoch_means[name] = MeanMetric(sync_on_compute=False).to(self.device)
+        return self.epoch_means[name]
+
+    def log_train(self, key: str, value: Tensor, batch_size: int, prog_bar: bool = False) -> None:
+        """Log a training figure as ``<key>_step`` every step and ``<key>_epoch``, its mean
+        over the epoch weighted by batch size (this process's batches, as Lightning's own
+        epoch means without ``sync_dist``)."""
+        value = value.detach()
+        self.log(f"{key}_step", value, on_step=True, on_epoch=False, prog_bar=prog_bar)
+        mean = self._epoch_mean(key)
+        mean.update(value, weight=batch_size)
+        attribute = f"epoch_means.{key.replace('.', '_')}"
+        self.log(f"{key}_epoch", mean, on_step=False, on_epoch=True, metric_attribute=attribute)
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         out = self.model(batch["image"])
         loss = self._loss(out, batch["mask"])
         self._check_finite("train/loss", loss)
+        size = batch["image"].shape[0]
         for name, value in self._loss_terms.items():
-            self.log(f"train/loss/{name}", value, on_step=True, on_epoch=True)
-        self.log(
-            "train/loss",
-            loss,
-            prog_bar=True,
-            on_step=True,
-            on_epoch=True,
-            batch_size=batch["image"].shape[0],
-        )
+            self.log_train(f"train/loss/{name}", value, size)
+        self.log_train("train/loss", loss, size, prog_bar=True)
         self.metrics["fit"].update(out["out"].detach(), batch["mask"])
         return loss
 
@@ -193,6 +210,9 @@ class SegmentationTask(pl.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    def _epoch_metrics(self) -> dict[str, nn.Module]:
+        return {"fit": self.metrics["fit"], **{f"mean:{k}": m for k, m in self.epoch_means.items()}}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["segbench"] = {
             "version": __version__,
@@ -200,3 +220,26 @@ class SegmentationTask(pl.LightningModule):
             "class_names": self.class_names,
             "num_classes": self.num_classes,
         }
+        # what the epoch has accumulated so far (a checkpoint may be written mid-epoch), one
+        # entry per DDP rank: each rank carries on with its own part
+        world = self.trainer.world_size if self._trainer is not None else 1
+        epoch = {}
+        for name, metric in self._epoch_metrics().items():
+            state = {}
+            for key in metric._defaults:
+                value = getattr(metric, key).detach()
+                state[key] = (self.all_gather(value) if world > 1 else value[None]).cpu()
+            epoch[name] = {"state": state, "update_count": metric._update_count}
+        checkpoint["segbench_epoch"] = epoch
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        for name, record in (checkpoint.get("segbench_epoch") or {}).items():
+            if name == "fit":
+                metric = self.metrics["fit"]
+            else:
+                metric = self.epoch_means[name[5:]] = MeanMetric(sync_on_compute=False)
+            for key, value in record["state"].items():
+                setattr(metric, key, value[rank].to(self.device))
+            metric._update_count = record["update_count"]
+            metric._computed = None
