@@ -10,7 +10,22 @@ from pathlib import Path
 from pytorch_lightning.loggers import CSVLogger as _CSVLogger
 from pytorch_lightning.loggers import WandbLogger
 
-__all__ = ["CSVLogger", "wandb_logger", "wandb_mode"]
+__all__ = ["CSVLogger", "end_wandb_run", "wandb_logger", "wandb_mode"]
+
+
+def end_wandb_run(environ_before: str | None) -> None:
+    """End this process's W&B run, if any, and put back ``WANDB_MODE`` as it was before the
+    run (Lightning's offline logger sets it): the next run in the process (a sequential
+    sweep's next job, a test) starts its own W&B run, in its own mode."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+    if environ_before is None:
+        os.environ.pop("WANDB_MODE", None)
+    else:
+        os.environ["WANDB_MODE"] = environ_before
 
 
 class CSVLogger(_CSVLogger):
@@ -61,6 +76,8 @@ def wandb_mode(mode: str = "auto") -> str:
     ``WANDB_MODE`` in the environment wins over the config, as W&B users expect.
     """
     mode = os.environ.get("WANDB_MODE", mode)
+    if mode == "dryrun":  # W&B's old name for offline (Lightning's offline logger sets it)
+        mode = "offline"
     if mode not in ("auto", "online", "offline", "disabled"):
         raise ValueError(
             f"logger.wandb.mode must be auto, online, offline or disabled, got {mode!r}"

@@ -6,6 +6,7 @@ them without a shell. Every check that can fail runs before any training or eval
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from segbench.engine.build import (
     resolve_class_weights,
 )
 from segbench.engine.checkpoint import evaluation_config, load_checkpoint, load_weights
-from segbench.engine.loggers import CSVLogger
+from segbench.engine.loggers import CSVLogger, end_wandb_run
 from segbench.engine.resume import RunState, check_resume_config, resolve_resume
 from segbench.engine.rundir import release
 from segbench.engine.scoring import score, start_run
@@ -38,9 +39,11 @@ def train(cfg: DictConfig) -> dict:
     :class:`~segbench.engine.resume.RunInterrupted` when a signal stops training. The run
     directory is held (:mod:`segbench.engine.rundir`) until it returns.
     """
+    wandb_mode = os.environ.get("WANDB_MODE")
     try:
         return _train(cfg)
     finally:
+        end_wandb_run(wandb_mode)
         release(cfg.output_dir)
 
 
@@ -91,9 +94,11 @@ def _train(cfg: DictConfig) -> dict:
 
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate a checkpoint on a split and write ``results.json``."""
+    wandb_mode = os.environ.get("WANDB_MODE")
     try:
         return _evaluate(cfg)
     finally:
+        end_wandb_run(wandb_mode)
         release(cfg.output_dir)
 
 
