@@ -157,7 +157,14 @@ def test_a_checkpoint_holding_other_objects_is_still_refused_unread(tmp_path):
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("case", ["text", "run_dir", "truncated"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "text",
+        pytest.param("run_dir", marks=pytest.mark.slow),
+        pytest.param("truncated", marks=pytest.mark.slow),
+    ],
+)
 def test_evaluate_cli_reports_a_bad_ckpt_before_building_anything(trained_run, tmp_path, case):
     if case == "text":
         ckpt = tmp_path / "notes.txt"

@@ -25,6 +25,7 @@ def all_background_miou(dm, split: str, num_classes: int, ignore_index: int) -> 
     return (gt_counts[0] / gt_counts.sum()) / present.sum()
 
 
+@pytest.mark.slow  # 3 minutes on 2 cores: over the fast suite's budget
 def test_fcn8s_learns_shapes(tmp_path):
     overrides = [
         "logger=csv",

@@ -72,7 +72,11 @@ def test_train_cli_writes_results_and_checkpoints(trained_run):
     assert res["config"]["model"]["num_classes"] == 7  # resolved, not "${dataset.num_classes}"
     assert res["created"][:4].isdigit() and "T" in res["created"]
     tp = res["throughput"]  # the final evaluation's images/s, as leaderboards show it
-    assert tp["images_per_s"] > 0 and tp["processes"] == 1 and tp["batch_size"] == 4
+    assert (
+        tp["images_per_s"] > 0
+        and tp["processes"] == 1
+        and tp["batch_size"] == res["config"]["dataset"]["eval_batch_size"]
+    )
     assert res["num_images"] / tp["images_per_s"] < res["duration_s"]
     ckpt = Path(res["checkpoint"])
     assert ckpt.name == "best.ckpt" and (ckpt.parent / "last.ckpt").is_file()

@@ -59,8 +59,10 @@ def _train(tmp_path: Path, name: str, overrides: list[str]) -> dict:
             "fcn8s",
             ["dataset.train_transform.scale=[0.75,1.25]", "dataset.train_transform.crop=[48,48]"],
         ),
-        ("bayesian_segnet", []),  # dropout in training and MC dropout in evaluation
-        ("ganseg", []),  # two optimizers, the discriminator's updates
+        # dropout in training and MC dropout in evaluation
+        pytest.param("bayesian_segnet", [], marks=pytest.mark.slow),
+        # two optimizers, the discriminator's updates
+        pytest.param("ganseg", [], marks=pytest.mark.slow),
     ],
 )
 def test_same_command_same_figures(tmp_path, model, extra):
@@ -164,6 +166,7 @@ def test_sigkill_mid_epoch_then_resume_auto_ends_as_uninterrupted(tmp_path, unin
     assert (run_dir / ".hydra" / "resume_1" / "overrides.yaml").is_file()  # original kept
 
 
+@pytest.mark.slow  # 30 s; the SIGKILL test runs the resume path in the fast suite
 def test_sigterm_saves_prints_the_resume_command_which_works_pasted(tmp_path, uninterrupted):
     run_dir = tmp_path / "preempted"
     proc = _start(run_dir)
