@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.data.base import FilePairDataset, dataset_root, empty_split_error, label_values
+from segbench.data.base import FilePairDataset, dataset_root, label_values
+from segbench.data.splits import empty_split_error
 
 __all__ = ["SPLIT_DIRS", "ADE20KDataset", "reduce_zero_label_lut"]
 

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from segbench.data.cache import cache_dir
+from segbench.data.masks import binary_encoding, smoothed_labels
 
 __all__ = [
     "DataError",
@@ -28,10 +29,7 @@ __all__ = [
     "SegmentationDataset",
     "format_problems",
     "label_values",
-    "read_split_file",
     "sample_problems",
-    "smoothed_labels",
-    "split_leaks",
     "validate_sample",
 ]
 
@@ -118,73 +116,6 @@ def _values_text(values: list[int], shown: int = 12) -> str:
 # smoothed_labels: a mask made of regions has few label changes; most of a smoothed one's lie
 # on gradual transitions. Measured on the 468 CamVid masks of the SegNet release: 0-2.9% of
 # their label changes are gradual; saved as JPEG (quality 30-95) or resized bilinearly, 23-62%.
-SMOOTH_LINES = 64  # rows and columns looked at, at most, in each direction
-SMOOTH_MIN_GRADUAL = 100  # fewer gradual pixels than this: too little evidence
-SMOOTH_FRACTION = 0.1  # of the label changes
-SMOOTH_MAX_CHANGES = 0.5  # of the neighbour pairs: above, the mask is not made of regions
-
-
-def smoothed_labels(mask: np.ndarray, source: str) -> str | None:
-    """A message naming ``source`` if ``mask`` looks smoothed (JPEG-compressed, or resized
-    with interpolation instead of nearest neighbour), else ``None``.
-
-    The heuristic: a label map is piecewise constant, and where two regions meet the label
-    jumps from one value to the other. Smoothing turns such jumps into ramps, e.g. ``3, 5, 8``
-    where a clean mask has ``3, 3, 8``: a pixel strictly between its two neighbours along a row
-    or a column is *gradual*. The mask is called smoothed when at least
-    ``SMOOTH_MIN_GRADUAL`` pixels are gradual and they make more than ``SMOOTH_FRACTION`` of
-    the label changes between neighbouring pixels. A clean mask only has gradual pixels where
-    a region one pixel thin lies between two others whose labels happen to bracket its own
-    (0-2.9% of the changes on CamVid; JPEG and bilinear resizing: 23-62%). A mask whose
-    neighbouring pixels mostly differ (over ``SMOOTH_MAX_CHANGES``) is not made of regions
-    (noise, or a synthetic pattern), and nothing is inferred from it.
-
-    Values in range can still be wrong this way (a ramp from 3 to 8 passes through the
-    classes 4 to 7), so this is reported by itself as a :class:`DataWarning`, and added to the
-    errors of a file whose labels are out of range anyway.
-
-    Cost: a few vectorised comparisons over at most ``SMOOTH_LINES`` rows and as many columns
-    (a strided subset of large masks), about 0.1 ms for a 360x480 mask, a tenth of decoding
-    its PNG.
-    """
-    if mask.ndim != 2 or min(mask.shape) < 3:
-        return None
-    gradual = changes = pairs = 0
-    step_rows = max(1, mask.shape[0] // SMOOTH_LINES)
-    step_cols = max(1, mask.shape[1] // SMOOTH_LINES)
-    for lines in (mask[::step_rows], mask[:, ::step_cols].T):  # rows, then columns
-        wide = lines.astype(np.int16 if lines.dtype.itemsize == 1 else np.int64)
-        steps = np.sign(np.diff(wide, axis=1))
-        gradual += np.count_nonzero(steps[:, :-1] * steps[:, 1:] > 0)  # same sign twice
-        changes += np.count_nonzero(steps)
-        pairs += steps.size
-    if gradual < SMOOTH_MIN_GRADUAL or gradual <= SMOOTH_FRACTION * changes:
-        return None
-    if changes > SMOOTH_MAX_CHANGES * pairs:  # not a map of regions
-        return None
-    return (
-        f"{source}: looks smoothed (a JPEG-compressed mask, or one resized with interpolation "
-        f"instead of nearest neighbour): {gradual / changes:.0%} of its label changes are "
-        "gradual, through values between the two regions' labels (3, 5, 8 instead of 3, 3, 8), "
-        "so pixels along the boundaries carry labels of neither region; masks must be stored "
-        "losslessly (PNG) and resized with nearest neighbour"
-    )
-
-
-def binary_encoding(values: np.ndarray) -> str | None:
-    """How a mask holding ``values`` (its distinct labels) encodes a binary mask:
-    ``"0/1"`` (exactly 0 and 1), ``"0/255"`` (exactly 0 and 255), ``"1+255"`` (1 and 255 both:
-    255 is used as the ignore index next to the foreground 1), else ``None``."""
-    present = set(values.tolist())
-    if present == {0, 1}:
-        return "0/1"
-    if present == {0, 255}:
-        return "0/255"
-    if {1, 255} <= present:
-        return "1+255"
-    return None
-
-
 def validate_sample(
     image_shape: tuple[int, ...],
     mask: np.ndarray,
@@ -488,104 +419,6 @@ def read_label_png(path: Path) -> np.ndarray:
         if isinstance(err, DataError):
             raise
         raise _unreadable(path, "mask", err) from None
-
-
-def split_file_lines(path: Path) -> list[tuple[int, str]]:
-    """The non-blank lines of a split file, stripped, with their line numbers (from 1)."""
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        shown = str(Path(path).absolute())
-        raise FileNotFoundError(f"split file {shown!r} does not exist") from None
-    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-
-
-def _numbers(numbers: list[int]) -> str:
-    return ", ".join(map(str, numbers[:-1])) + f" and {numbers[-1]}"
-
-
-def refuse_duplicates(path: Path, keyed: Iterable[tuple[int, str]], limit: int = 10) -> None:
-    """Raise :class:`DataError` naming ``path``, the entries and their line numbers if an entry
-    of the split file is listed more than once (``keyed``: ``(line number, entry)`` pairs)."""
-    lines: dict[str, list[int]] = {}
-    for number, key in keyed:
-        lines.setdefault(key, []).append(number)
-    repeated = [(key, numbers) for key, numbers in lines.items() if len(numbers) > 1]
-    if not repeated:
-        return
-    shown = [f"  {key} on lines {_numbers(numbers)}" for key, numbers in repeated[:limit]]
-    if len(repeated) > limit:
-        shown.append(f"  ... and {len(repeated) - limit} more")
-    several = len(repeated) != 1
-    raise DataError(
-        f"{path}: {len(repeated)} {'entries are' if several else 'entry is'} listed more than "
-        "once (each sample must be listed once: a repeat counts it twice in training or "
-        "evaluation):\n" + "\n".join(shown)
-    )
-
-
-def read_split_file(path: Path) -> list[str]:
-    """The entries of a split file (one per non-blank line, stripped), in order;
-    :class:`DataError` if one is listed twice, ``FileNotFoundError`` if it does not exist."""
-    numbered = split_file_lines(path)
-    refuse_duplicates(path, numbered)
-    return [entry for _, entry in numbered]
-
-
-def empty_split_error(listed_in: str | Path, split: str, why: str) -> DataError:
-    """The error of a split without a single sample: ``listed_in`` names the file or
-    directories the samples were looked for in, ``why`` says what was found there."""
-    return DataError(f"{listed_in}: the {split!r} split is empty: {why}")
-
-
-TRAINING_SPLITS = ("train", "train_aug")
-EVALUATION_SPLITS = ("val", "test")
-
-
-def leak_partners(split: str) -> tuple[str, ...]:
-    """The splits that must share no sample with ``split``: a training split and the
-    evaluation splits (val, test); other splits (e.g. VOC's trainval) have none."""
-    if split in TRAINING_SPLITS:
-        return EVALUATION_SPLITS
-    if split in EVALUATION_SPLITS:
-        return ("train",)
-    return ()
-
-
-def split_leaks(
-    listed: tuple[str, Iterable[str]],
-    others: Iterable[tuple[str, Iterable[str]]],
-    shown: int = 3,
-) -> tuple[list[str], list[str]]:
-    """``(problems, warnings)`` for samples that ``listed`` = ``(where, entries)`` shares
-    with each of ``others`` (a training split against the evaluation splits, or the reverse).
-
-    Partly overlapping lists leak evaluation images into training: a problem naming both
-    places and a few shared entries. Identical lists are a warning: training and evaluating
-    on the same images is deliberate more often than not (an overfitting check).
-    """
-    where, mine = listed[0], set(listed[1])
-    problems, notes = [], []
-    for other_where, other_entries in others:
-        theirs = set(other_entries)
-        shared = sorted(mine & theirs)
-        if not shared:
-            continue
-        if mine == theirs:  # the same text from either side: Python shows it once
-            first, second = sorted([where, other_where])
-            notes.append(
-                f"{first} and {second} list the same {len(shared)} samples: the model is "
-                "evaluated on its training images (deliberate, e.g. an overfitting check? "
-                "the scores are not held-out scores)"
-            )
-            continue
-        problems.append(
-            f"{where} and {other_where} share {len(shared)} samples "
-            f"({', '.join(shared[:shown])}{', ...' if len(shared) > shown else ''}): images "
-            "listed for training leak into evaluation, which inflates the scores; list each "
-            "image in one of them only"
-        )
-    return problems, notes
 
 
 def unpaired(images: Iterable[str], masks: Iterable[str], where: str) -> list[str]:

@@ -13,7 +13,7 @@ label as ``/SegNet/CamVid/train/<name>.png /SegNet/CamVid/trainannot/<name>.png`
 the SegNet authors' machine): segbench keeps their last two parts (``train/<name>.png``) and
 reads them under ``root``. A split file that lists an image twice, or nothing, is refused, and so
 is a training split that shares images (by file name) with val or test; identical split files
-only get a warning (see :func:`~segbench.data.base.split_leaks`).
+only get a warning (see :func:`~segbench.data.splits.split_leaks`).
 """
 
 from __future__ import annotations
@@ -23,15 +23,13 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from segbench.data.base import (
-    FilePairDataset,
-    dataset_root,
+from segbench.data.base import FilePairDataset, dataset_root, unpaired
+from segbench.data.splits import (
     empty_split_error,
     leak_partners,
     refuse_duplicates,
     split_file_lines,
     split_leaks,
-    unpaired,
 )
 
 __all__ = ["CamVidDataset"]

@@ -23,14 +23,8 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import Cityscapes
 
-from segbench.data.base import (
-    DataError,
-    FilePairDataset,
-    dataset_root,
-    empty_split_error,
-    label_values,
-    read_image,
-)
+from segbench.data.base import DataError, FilePairDataset, dataset_root, label_values, read_image
+from segbench.data.splits import empty_split_error
 
 __all__ = [
     "CLASS_NAMES",

@@ -25,15 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.data.base import (
-    FilePairDataset,
-    dataset_root,
+from segbench.data.base import FilePairDataset, dataset_root, unpaired
+from segbench.data.splits import (
     empty_split_error,
     leak_partners,
     read_split_file,
     split_file_lines,
     split_leaks,
-    unpaired,
 )
 
 __all__ = ["FolderDataset"]

@@ -41,15 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.data.base import (
-    FilePairDataset,
-    empty_split_error,
-    label_values,
-    leak_partners,
-    read_label_png,
-    read_split_file,
-    split_leaks,
-)
+from segbench.data.base import FilePairDataset, label_values, read_label_png
 from segbench.data.sbd import (
     CONVERT_HINT,
     SBD_LAYOUT,
@@ -62,6 +54,7 @@ from segbench.data.sbd import (
     train_aug_ids,
     voc_colormap,
 )
+from segbench.data.splits import empty_split_error, leak_partners, read_split_file, split_leaks
 
 __all__ = ["VOC_CLASSES", "VOCAugDataset", "VOCDataset", "voc_colormap"]
 

@@ -7,6 +7,7 @@ them without a shell. Every check that can fail runs before any training or eval
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +32,18 @@ from segbench.engine.scoring import score, start_run
 __all__ = ["evaluate", "train"]
 
 
+@contextmanager
+def _held_run(cfg: DictConfig):
+    """A run's lifetime: on leaving, end its W&B run (``WANDB_MODE`` as before) and give up
+    its run directory, so that the next run in the process starts clean."""
+    wandb_mode = os.environ.get("WANDB_MODE")
+    try:
+        yield
+    finally:
+        end_wandb_run(wandb_mode)
+        release(cfg.output_dir)
+
+
 def train(cfg: DictConfig) -> dict:
     """Train, evaluate the best checkpoint on the dataset's evaluation split, write results.
 
@@ -39,12 +52,8 @@ def train(cfg: DictConfig) -> dict:
     :class:`~segbench.engine.resume.RunInterrupted` when a signal stops training. The run
     directory is held (:mod:`segbench.engine.rundir`) until it returns.
     """
-    wandb_mode = os.environ.get("WANDB_MODE")
-    try:
+    with _held_run(cfg):
         return _train(cfg)
-    finally:
-        end_wandb_run(wandb_mode)
-        release(cfg.output_dir)
 
 
 def _train(cfg: DictConfig) -> dict:
@@ -94,12 +103,8 @@ def _train(cfg: DictConfig) -> dict:
 
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate a checkpoint on a split and write ``results.json``."""
-    wandb_mode = os.environ.get("WANDB_MODE")
-    try:
+    with _held_run(cfg):
         return _evaluate(cfg)
-    finally:
-        end_wandb_run(wandb_mode)
-        release(cfg.output_dir)
 
 
 def _evaluate(cfg: DictConfig) -> dict:
