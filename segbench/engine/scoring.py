@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytorch_lightning as pl
 
@@ -14,9 +13,9 @@ from segbench.engine.task import SegmentationTask
 from segbench.inference import eval_mode
 from segbench.inference.flops import count_flops
 from segbench.models.base import count_parameters, segmenter_of
-from segbench.results import RESULTS_FILE, build_results, format_table, write_results
+from segbench.results import build_results, format_table, write_results
 
-__all__ = ["RunInfo", "check_output_dir", "score", "start_run"]
+__all__ = ["RunInfo", "score", "start_run"]
 
 
 @dataclass(frozen=True)
@@ -30,16 +29,6 @@ class RunInfo:
     config: dict = field(default_factory=dict)  # the resolved run config
     checkpoint: str | None = None  # the weights evaluated
     best_val_miou: float | None = None
-
-
-def check_output_dir(output_dir: str | Path) -> None:
-    """Refuse a run directory that already holds an earlier run's results."""
-    path = Path(output_dir) / RESULTS_FILE
-    if path.exists():
-        raise FileExistsError(
-            f"{path} already exists: this run directory holds an earlier run's results, "
-            "which segbench never overwrites. Choose another hydra.run.dir."
-        )
 
 
 def start_run(cfg, kind: str) -> RunInfo:
