@@ -13,7 +13,38 @@ from omegaconf import DictConfig
 from segbench.config import CONF, compose
 
 ROOT = Path(__file__).resolve().parents[1]
-__all__ = ["CONF", "ROOT", "compose_config", "make_folder_dataset", "run_cli"]
+__all__ = [
+    "CONF",
+    "CONFIG_GROUPS",
+    "ROOT",
+    "compose_config",
+    "make_folder_dataset",
+    "options",
+    "run_cli",
+]
+# every config group of conf/ (tests/test_every_option.py checks that this is all of them)
+CONFIG_GROUPS = (
+    "model",
+    "backbone",
+    "dataset",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "inference",
+    "trainer",
+    "logger",
+    "callbacks",
+    "task",
+    "experiment",
+    "debug",
+    "hydra/launcher",
+    "hydra/sweeper",
+)
+
+
+def options(group: str) -> list[str]:
+    """The options of config group ``group``: its YAML files' names."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
 @pytest.fixture(autouse=True)

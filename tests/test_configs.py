@@ -12,30 +12,15 @@ from omegaconf import OmegaConf
 
 from segbench.engine.build import build_model
 from segbench.models.base import segmenter_of
-from tests.conftest import CONF, compose_config, make_folder_dataset
+from tests.conftest import CONFIG_GROUPS, compose_config, make_folder_dataset, options
 from tests.fixtures.ade20k import write_ade20k
 from tests.fixtures.camvid import write_camvid
 from tests.fixtures.cityscapes import write_cityscapes
 from tests.fixtures.voc import write_sbd, write_voc
 
 
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
 def test_groups_exist():
-    for group in (
-        "model",
-        "backbone",
-        "dataset",
-        "loss",
-        "optimizer",
-        "scheduler",
-        "trainer",
-        "logger",
-        "experiment",
-        "debug",
-    ):
+    for group in CONFIG_GROUPS:
         assert options(group), f"conf/{group}/ is empty"
 
 

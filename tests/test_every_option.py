@@ -36,29 +36,20 @@ import torch
 from omegaconf import OmegaConf
 
 from segbench.engine.run import evaluate, train
-from tests.conftest import CONF, compose_config, make_folder_dataset, run_cli
+from tests.conftest import (
+    CONF,
+    CONFIG_GROUPS,
+    compose_config,
+    make_folder_dataset,
+    options,
+    run_cli,
+)
 from tests.fixtures.ade20k import write_ade20k
 from tests.fixtures.camvid import write_camvid
 from tests.fixtures.cityscapes import write_cityscapes
 from tests.fixtures.voc import write_sbd, write_voc
 
-GROUPS = (
-    "model",
-    "backbone",
-    "dataset",
-    "loss",
-    "optimizer",
-    "scheduler",
-    "inference",
-    "trainer",
-    "logger",
-    "callbacks",
-    "task",
-    "experiment",
-    "debug",
-    "hydra/launcher",
-    "hydra/sweeper",
-)
+GROUPS = CONFIG_GROUPS
 # a few images of each split, one epoch, no progress bar: about a second a run on 2 CPU cores
 FAST = [
     "debug=fast",
@@ -73,10 +64,6 @@ LEAN = ["callbacks.run_plots=null", "callbacks.eval_outputs=null"]
 # 8 training images in batches of 4: two optimizer steps, so that a schedule shows
 TWO_STEPS = ["dataset.subset.train=8"]
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
 def option_yaml(group: str, option: str):
