@@ -15,39 +15,49 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-__all__ = ["ConfusionMatrix", "metrics_from_confusion"]
+__all__ = ["ConfusionMatrix", "metrics_from_confusion", "metrics_from_counts"]
 
 
-def metrics_from_confusion(confmat: Tensor) -> dict[str, Tensor]:
-    """All summary figures from a confusion matrix (rows = ground truth, cols = prediction).
+def metrics_from_counts(tp: Tensor, gt: Tensor, pred: Tensor) -> dict[str, Tensor]:
+    """All summary figures from per-class pixel counts, batched over any leading dimensions.
 
-    Returns a dict of float64 tensors: scalars ``pixel_acc``, ``mean_acc``, ``mIoU``,
-    ``fwIoU``, ``mDice`` and per-class vectors ``iou``, ``dice``, ``acc`` (NaN where undefined).
+    Args:
+        tp: ``(..., K)`` pixels of each class predicted correctly (the confusion diagonal).
+        gt: ``(..., K)`` pixels of each class in the ground truth (the matrix's row sums).
+        pred: ``(..., K)`` pixels predicted as each class (its column sums).
+
+    Returns:
+        float64 tensors: ``(...)`` scalars ``pixel_acc``, ``mean_acc``, ``mIoU``, ``fwIoU``,
+        ``mDice`` and ``(..., K)`` per-class ``iou``, ``dice``, ``acc`` (NaN where undefined).
+        These three counts are all a figure needs, so the sum of per-image counts over a set of
+        images gives exactly that set's figures (what the per-image statistics rely on).
     """
-    cm = confmat.to(torch.float64)
-    tp = cm.diag()
-    gt = cm.sum(dim=1)  # pixels of each class in the ground truth
-    pred = cm.sum(dim=0)  # pixels predicted as each class
+    tp, gt, pred = (t.to(torch.float64) for t in (tp, gt, pred))
     union = gt + pred - tp
-    nan = torch.tensor(float("nan"), dtype=torch.float64, device=cm.device)
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=tp.device)
 
     iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
     dice = torch.where(gt + pred > 0, 2 * tp / (gt + pred).clamp(min=1), nan)
     acc = torch.where(gt > 0, tp / gt.clamp(min=1), nan)  # recall; undefined without ground truth
 
-    total = cm.sum()
-    freq = gt / total.clamp(min=1)
-    valid = ~torch.isnan(iou)
+    total = gt.sum(-1)
+    freq = gt / total.clamp(min=1)[..., None]
     return {
-        "pixel_acc": tp.sum() / total if total > 0 else nan,
-        "mean_acc": acc.nanmean(),
-        "mIoU": iou.nanmean(),
-        "fwIoU": (freq[valid] * iou[valid]).sum() if total > 0 else nan,
-        "mDice": dice.nanmean(),
+        "pixel_acc": torch.where(total > 0, tp.sum(-1) / total.clamp(min=1), nan),
+        "mean_acc": acc.nanmean(-1),
+        "mIoU": iou.nanmean(-1),
+        "fwIoU": torch.where(total > 0, (freq * iou.nan_to_num(0.0)).sum(-1), nan),
+        "mDice": dice.nanmean(-1),
         "iou": iou,
         "dice": dice,
         "acc": acc,
     }
+
+
+def metrics_from_confusion(confmat: Tensor) -> dict[str, Tensor]:
+    """All summary figures from a confusion matrix (rows = ground truth, cols = prediction):
+    :func:`metrics_from_counts` of its diagonal, row sums and column sums."""
+    return metrics_from_counts(confmat.diag(), confmat.sum(dim=1), confmat.sum(dim=0))
 
 
 class ConfusionMatrix(Metric):
