@@ -19,6 +19,7 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_curves",
     "plot_per_class_iou",
+    "plot_reliability",
     "prediction_grid",
     "save_palette_png",
 ]
@@ -237,3 +238,106 @@ def prediction_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 4) -> np.nd
             out.append(np.full((gap, width, 3), 255, dtype=np.uint8))
         out.append(p)
     return np.concatenate(out, axis=0)
+
+
+def plot_reliability(record: dict, path: Path, title: str = "") -> Path:
+    """Reliability diagram from :func:`segbench.calibration.calibration_record`'s output: the
+    accuracy of each confidence bin as bars against the bin centres, the diagonal of perfect
+    calibration, the gap to each bin's mean confidence shaded, and below it the share of the
+    valid pixels in each bin; ECE, NLL and Brier score in the legend."""
+    plt = _pyplot()
+
+    path = Path(path)
+    rel = record["reliability"]
+    edges = np.asarray(rel["edges"], dtype=np.float64)
+    as_array = lambda xs: np.array([np.nan if v is None else v for v in xs], np.float64)  # noqa: E731
+    accuracy, confidence = as_array(rel["accuracy"]), as_array(rel["confidence"])
+    count = np.asarray(rel["count"], dtype=np.float64)
+    centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    total = count.sum()
+    share = count / total * 100 if total > 0 else np.zeros_like(count)
+    filled = np.isfinite(accuracy) & np.isfinite(confidence)
+
+    fig, (ax, ax_share) = plt.subplots(
+        2, 1, figsize=(5.2, 6.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
+    ax.bar(
+        centres[filled],
+        accuracy[filled],
+        width[filled],
+        color="#4c72b0",
+        edgecolor="black",
+        linewidth=0.5,
+        label="accuracy",
+    )
+    gap = confidence - accuracy
+    ax.bar(
+        centres[filled],
+        gap[filled],
+        width[filled],
+        bottom=accuracy[filled],
+        color="#dd5555",
+        alpha=0.35,
+        edgecolor="#aa2222",
+        hatch="//",
+        linewidth=0.5,
+        label="gap to mean confidence",
+    )
+    ax.plot(
+        confidence[filled],
+        accuracy[filled],
+        "o",
+        color="black",
+        markersize=3,
+        label="(confidence, accuracy)",
+    )
+
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+    ece = record.get("ece")
+    scores = (
+        f"ECE {'n/a' if ece is None else format(100 * ece, '.2f') + '%'}\n"
+        f"NLL {fmt(record.get('nll'), '.3f')}\n"
+        f"Brier {fmt(record.get('brier'), '.3f')}"
+    )
+    if filled.any():
+        ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    ax.text(
+        0.97,
+        0.04,
+        scores,
+        transform=ax.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=9,
+        family="monospace",
+        bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "grey", "alpha": 0.9},
+    )
+    if not filled.any():
+        ax.text(0.5, 0.5, "no valid pixels", transform=ax.transAxes, ha="center", va="center")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "reliability diagram", fontsize=10)
+
+    ax_share.bar(centres, share, width, color="#888888", edgecolor="black", linewidth=0.5)
+    top = float(share.max(initial=0.0))
+    for x, s in zip(centres, share):
+        if s > 0:
+            ax_share.text(
+                x,
+                s + top * 0.03,
+                f"{s:.0f}" if s >= 1 else "<1",
+                ha="center",
+                va="bottom",
+                fontsize=6,
+            )
+    ax_share.set_ylim(0, max(top * 1.25, 1.0))
+    ax_share.set_xlabel(f"top-label confidence ({len(count)} bins)")
+    ax_share.set_ylabel("pixels (%)")
+    ax_share.grid(alpha=0.3, axis="y")
+    pixels = record.get("pixels")
+    if pixels:
+        ax_share.set_title(f"share of the {int(pixels):,} valid pixels per bin", fontsize=8)
+    return _save(fig, path)
