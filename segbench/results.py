@@ -63,6 +63,9 @@ def build_results(
     duration_s: float | None = None,
     best_val_miou: float | None = None,
     throughput: dict | None = None,
+    per_image: dict | None = None,
+    intervals: dict | None = None,
+    calibration: dict | None = None,
 ) -> dict:
     """Assemble the results record. ``figures`` is ``SegmentationTask.results[split]``."""
     per_class = lambda key: {  # noqa: E731
@@ -92,6 +95,9 @@ def build_results(
             "per_class_dice": per_class("dice"),
             "per_class_acc": per_class("acc"),
         },
+        "per_image": per_image,
+        "intervals": intervals,
+        "calibration": calibration,
         "best_val_mIoU": _nan_to_none(best_val_miou),
         "confusion_matrix": figures["confusion_matrix"],
         "params": params,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
+from segbench.per_image import read_per_image
 from tests.conftest import run_cli
 
 
@@ -25,6 +27,24 @@ def test_two_process_evaluation_equals_one_process(trained_run, tmp_path):
     assert ddp["confusion_matrix"] == single["confusion_matrix"]
     assert ddp["metrics"] == single["metrics"]
     assert sum(map(sum, ddp["confusion_matrix"])) > 0
+    # per-image counts: each rank's images gathered and written once, in dataset order
+    one = read_per_image(trained_run / "per_image.npz")
+    two = read_per_image(tmp_path / "ddp" / "per_image.npz")
+    assert two.ids == one.ids and len(one.ids) == 9
+    np.testing.assert_array_equal(two.counts, one.counts)
+    assert (tmp_path / "ddp" / "per_image.npz").read_bytes() == (
+        trained_run / "per_image.npz"
+    ).read_bytes()
+    assert ddp["per_image"] == single["per_image"]
+    assert ddp["intervals"] == single["intervals"]
+    # calibration: the pixel and bin counts are exact; the probabilities themselves come from
+    # float32 logits, which differ in their last bits when the images are batched otherwise
+    # (2e-9 relative in NLL measured), so the float figures agree to float32 precision
+    a, b = single["calibration"], ddp["calibration"]
+    assert a["pixels"] == b["pixels"] > 0
+    assert a["reliability"]["count"] == b["reliability"]["count"]
+    for key in ("ece", "nll", "brier"):
+        assert b[key] == pytest.approx(a[key], rel=1e-6), key
 
 
 @pytest.mark.parametrize("model", ["fcn8s", "ganseg"])

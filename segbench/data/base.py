@@ -305,7 +305,7 @@ class SegmentationDataset(Dataset, ABC):
             validate_sample(image.shape, mask, self.num_classes, self.ignore_index, name)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
-        return {"image": image, "mask": mask, "name": name}
+        return {"image": image, "mask": mask, "name": name, "index": index}
 
 
 def _examples(names: Sequence[str], shown: int = 3) -> str:

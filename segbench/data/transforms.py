@@ -200,4 +200,5 @@ def collate(batch: list[dict]) -> dict:
         "image": torch.stack([s["image"] for s in batch]),
         "mask": torch.stack([s["mask"] for s in batch]),
         "name": [s["name"] for s in batch],
+        "index": torch.tensor([s["index"] for s in batch], dtype=torch.long),
     }

@@ -112,7 +112,9 @@ class EvaluationOutputs(pl.Callback):
       image's maximum, which is written in ``uncertainty/scale.json``);
     - ``overlays/<image>.png``: image | ground truth | prediction (| uncertainty) side by
       side, for the first ``overlays`` images of each process (``-1``: all);
-    - ``confusion_matrix.png`` and ``per_class_iou.png`` for the split, when ``plots`` is on.
+    - ``confusion_matrix.png``, ``per_class_iou.png`` and ``reliability.png`` (the
+      calibration of the predicted probabilities: accuracy against confidence) for the split,
+      when ``plots`` is on.
 
     The images and plots are also logged to W&B when a W&B logger is attached.
 
@@ -193,7 +195,7 @@ class EvaluationOutputs(pl.Callback):
             path.write_text(json.dumps(self._scales, indent=1))
         if not trainer.is_global_zero:
             return
-        from segbench.plots import plot_confusion_matrix, plot_per_class_iou
+        from segbench.plots import plot_confusion_matrix, plot_per_class_iou, plot_reliability
 
         split = pl_module.eval_split
         results = pl_module.results.get(split)
@@ -218,6 +220,14 @@ class EvaluationOutputs(pl.Callback):
                     title=f"{title}: per-class IoU",
                 )
             )
+            if results.get("calibration") and results["calibration"]["pixels"]:
+                media["reliability"] = str(
+                    plot_reliability(
+                        results["calibration"],
+                        self.dirpath / "reliability.png",
+                        title=f"{title}: reliability of the predicted probabilities",
+                    )
+                )
         loggers = _wandb_loggers(trainer)
         if loggers and (media or self._panels):
             import wandb

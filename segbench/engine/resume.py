@@ -55,6 +55,7 @@ RESUMABLE_KEYS = (
     "logger",
     "callbacks",
     "inference",
+    "bootstrap",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
     "dataset.num_workers",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytorch_lightning as pl
+from omegaconf import OmegaConf
 
 from segbench.data.datamodule import SegDataModule
 from segbench.engine.rundir import claim
@@ -13,7 +15,9 @@ from segbench.engine.task import SegmentationTask
 from segbench.inference import eval_mode
 from segbench.inference.flops import count_flops
 from segbench.models.base import count_parameters, segmenter_of
+from segbench.per_image import PER_IMAGE_FILE, image_id, summarize, write_per_image
 from segbench.results import build_results, format_table, write_results
+from segbench.significance import bootstrap
 
 __all__ = ["RunInfo", "score", "start_run"]
 
@@ -29,6 +33,7 @@ class RunInfo:
     config: dict = field(default_factory=dict)  # the resolved run config
     checkpoint: str | None = None  # the weights evaluated
     best_val_miou: float | None = None
+    bootstrap: dict = field(default_factory=dict)  # resamples, level, seed of the intervals
 
 
 def start_run(cfg, kind: str) -> RunInfo:
@@ -38,7 +43,14 @@ def start_run(cfg, kind: str) -> RunInfo:
     start = time.time()
     claim(cfg.output_dir, kind, cfg.get("resume") if kind == "train" else None)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    return RunInfo(kind=kind, output_dir=str(cfg.output_dir), seed=int(cfg.seed), start=start)
+    bootstrap = OmegaConf.to_container(cfg.bootstrap) if cfg.get("bootstrap") else {}
+    return RunInfo(
+        kind=kind,
+        output_dir=str(cfg.output_dir),
+        seed=int(cfg.seed),
+        start=start,
+        bootstrap=bootstrap,
+    )
 
 
 def _test(trainer: pl.Trainer, task: SegmentationTask, dm: SegDataModule, split: str) -> dict:
@@ -72,6 +84,10 @@ def score(
     per-class table; returns the results record."""
     throughput = _test(trainer, task, dm, split)
     dataset = dm.dataset(split)
+    figures = task.results[split]
+    names, counts = figures["per_image"]
+    root = getattr(dataset, "root", None)
+    ids = [image_id(name, root) for name in names]
     size = list(dataset[0]["image"].shape[-2:])  # FLOPs at the first image's size
     model_cfg, backbone_cfg = run.config["model"], run.config.get("backbone") or {}
     results = build_results(
@@ -82,7 +98,7 @@ def score(
         split=split,
         class_names=dm.class_names,
         ignore_index=dm.ignore_index,
-        figures=task.results[split],
+        figures=figures,
         params=count_parameters(segmenter_of(task.model)),
         eval_mode=eval_mode(model_cfg, task.inference),
         inference=_inference_record(run.config.get("inference")),
@@ -95,8 +111,14 @@ def score(
         duration_s=time.time() - run.start,
         throughput=throughput,
         best_val_miou=run.best_val_miou,
+        per_image={"file": PER_IMAGE_FILE, **summarize(ids, counts)},
+        intervals=bootstrap(counts, **run.bootstrap),
+        calibration=figures.get("calibration"),
     )
     if trainer.is_global_zero:
+        write_per_image(
+            Path(run.output_dir) / PER_IMAGE_FILE, ids, counts, dm.class_names, dm.name, split
+        )
         path = write_results(run.output_dir, results)
         print(f"\n{format_table(results)}\n\nresults written to {path}")
     return results

@@ -12,8 +12,10 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
 from segbench import __version__
+from segbench.calibration import Calibration, calibration_record
 from segbench.metrics import ConfusionMatrix
 from segbench.models.base import segmenter_of
+from segbench.per_image import PerImageRecorder, image_counts
 
 __all__ = ["SegmentationTask"]
 
@@ -79,7 +81,13 @@ class SegmentationTask(pl.LightningModule):
         # the epoch means of the training losses (``<key>_epoch``), kept as metrics so that
         # a checkpoint written mid-epoch carries them (see on_save_checkpoint)
         self.epoch_means = nn.ModuleDict()
-        # the last figures computed for each prefix, as Python numbers (read by the engine)
+        # the test loop's counts image by image (segbench.per_image), gathered from every rank,
+        # and the calibration of its probabilities (softmax of the scores), summed over ranks
+        self.per_image = PerImageRecorder()
+        self.calibration = Calibration(num_classes, ignore_index)
+        self.ignore_index = ignore_index
+        # the last figures computed for each prefix, as Python numbers (read by the engine);
+        # the test loop's also hold ``per_image``: (names, counts (N, 3, K)) in dataset order
         self.results: dict[str, dict] = {}
 
     @property
@@ -151,6 +159,12 @@ class SegmentationTask(pl.LightningModule):
             batch_size=batch["image"].shape[0],
         )
         self.metrics[metric].update(out["out"], batch["mask"])
+        if metric == "test":
+            self.calibration.update(out["out"], batch["mask"])
+            counts = image_counts(
+                out["out"].argmax(1), batch["mask"], self.num_classes, self.ignore_index
+            )
+            self.per_image.add(batch["index"], batch["name"], counts)
         return out
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -196,8 +210,21 @@ class SegmentationTask(pl.LightningModule):
             return
         self._log_metrics("val", "val")
 
+    def on_test_epoch_start(self) -> None:
+        self.per_image.reset()
+        self.calibration.reset()
+
     def on_test_epoch_end(self) -> None:
-        self._log_metrics("test", self.eval_split)
+        prefix = self.eval_split
+        self._log_metrics("test", prefix)
+        world = self.trainer.world_size if self._trainer is not None else 1
+        self.results[prefix]["per_image"] = self.per_image.gather(world)
+        self.per_image.reset()
+        calibration = calibration_record(self.calibration.compute())  # summed over ranks
+        self.calibration.reset()
+        self.results[prefix]["calibration"] = calibration
+        logged = {k: calibration[k] for k in ("ece", "nll", "brier")}
+        self.log_dict({f"{prefix}/{k}": v for k, v in logged.items() if v is not None})
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())

@@ -79,8 +79,10 @@ class UnpoolDecoder(nn.Module):
                     )
                 )
             )
-        # always-on dropout after each stage's convs (Bayesian SegNet sets it), finest first
+        # always-on dropout after each stage's convs (Bayesian SegNet sets it), finest first;
+        # ``sampling`` False turns it off (Bayesian SegNet's weight-averaging evaluation)
         self.dropout: list[float] = [0.0] * len(channels)
+        self.sampling = True
 
     def forward(self, x: Tensor, indices: list[Tensor], sizes: list[torch.Size]) -> Tensor:
         """``x``: the deepest pooled feature; ``indices``/``sizes``: every pool's, finest first."""
@@ -88,7 +90,7 @@ class UnpoolDecoder(nn.Module):
             x = self.unpools[i](x, indices[i], sizes[i])  # (B, C_i, H/2^i, W/2^i), sparse
             x = self.stages[i](x)  # (B, C_{i-1}, H/2^i, W/2^i)
             if self.dropout[i] > 0:
-                x = F.dropout(x, self.dropout[i], training=True)
+                x = F.dropout(x, self.dropout[i], training=self.sampling)
         return x  # (B, C_0, H, W)
 
 
@@ -138,10 +140,11 @@ class _DropoutMaxPool2d(nn.MaxPool2d):
             pool.kernel_size, pool.stride, pool.padding, pool.dilation, True, pool.ceil_mode
         )
         self.p = p
+        self.sampling = True  # False: dropout off (weight averaging)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         out, indices = super().forward(x)
-        return F.dropout(out, self.p, training=True), indices
+        return F.dropout(out, self.p, training=self.sampling), indices
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, dropout={self.p}"
@@ -163,7 +166,9 @@ class BayesianSegNet(SegNet):
         dropout: dropout probability (0.5 in the paper).
         dropout_stages: stage numbers 1 … N (as in pool1 … poolN) that get dropout; ``None``
             picks the three deepest, the paper's "central encoder-decoder" model.
-        mc_samples: stochastic passes averaged in eval mode.
+        mc_samples: stochastic passes averaged in eval mode; 0 evaluates with dropout off
+            (the paper's "weight averaging" baseline: one deterministic pass, dropout's
+            expectation, and no uncertainty).
         head_kernel: classifier kernel size.
         decoder_relu: ReLU in the decoder.
     """
@@ -190,8 +195,11 @@ class BayesianSegNet(SegNet):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"Bayesian SegNet: dropout must be in [0, 1), got {dropout}")
-        if int(mc_samples) < 1:
-            raise ValueError(f"Bayesian SegNet: mc_samples must be at least 1, got {mc_samples}")
+        if int(mc_samples) < 0:
+            raise ValueError(
+                f"Bayesian SegNet: mc_samples must be >= 1 (Monte Carlo dropout) or 0 (dropout "
+                f"off at test time, weight averaging), got {mc_samples}"
+            )
         self.dropout, self.dropout_stages, self.mc_samples = dropout, sorted(stages), mc_samples
         pools = [(k, m) for k, m in encoder.named_modules() if isinstance(m, nn.MaxPool2d)]
         if len(pools) != n:
@@ -227,6 +235,15 @@ class BayesianSegNet(SegNet):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         if self.training:
             return {"out": self.logits(x)}
+        if int(self.mc_samples) == 0:  # weight averaging: dropout off, one pass
+            switches = [m for m in self.modules() if hasattr(m, "sampling")]
+            for m in switches:
+                m.sampling = False
+            try:
+                return {"out": self.logits(x)}
+            finally:
+                for m in switches:
+                    m.sampling = True
         probs, uncertainty = self.mc_predict(x, self.mc_samples)
         out = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()  # (B, K, H, W) log-probs
         return {"out": out, "uncertainty": uncertainty}
