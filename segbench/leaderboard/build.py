@@ -21,12 +21,14 @@ __all__ = [
     "LeaderboardWarning",
     "build_tables",
     "check_names",
+    "configuration",
+    "configuration_key",
 ]
 
 # column choices, in table order ("classes": one IoU column per class)
 METRIC_CHOICES = (
     *("mIoU", "classes", "pixel_acc", "mean_acc", "fwIoU", "mDice"),
-    *("params", "gflops", "throughput", "eval_mode", "date"),
+    *("ece", "nll", "brier", "params", "gflops", "throughput", "eval_mode", "date"),
 )
 DEFAULT_METRICS = tuple(m for m in METRIC_CHOICES if m not in ("fwIoU", "mDice"))
 # (key, header, kind) of the columns other than the classes'
@@ -36,6 +38,9 @@ COLUMNS = {
     "mean_acc": ("mean acc", "score"),
     "fwIoU": ("fwIoU", "score"),
     "mDice": ("mDice", "score"),
+    "ece": ("ECE", "lower_score"),  # calibration: lower is better
+    "nll": ("NLL", "lower"),
+    "brier": ("Brier", "lower"),
     "params": ("params (M)", "params"),
     "gflops": ("GFLOPs", "gflops"),
     "throughput": ("images/s", "throughput"),
@@ -45,7 +50,7 @@ COLUMNS = {
 # config keys (dotted) that name or log a run rather than configure what it trains
 RUN_IDENTITY_KEYS = (
     *("seed", "output_dir", "run_name", "resume", "ckpt", "split", "data_root", "hydra"),
-    *("callbacks", "logger", "dataset.source.root", "dataset.num_workers"),
+    *("callbacks", "logger", "bootstrap", "dataset.source.root", "dataset.num_workers"),
     *("trainer.enable_progress_bar", "trainer.log_every_n_steps"),
 )
 
@@ -87,6 +92,18 @@ def _identity_paths(record: dict) -> list[str]:
     if record.get("_source"):
         paths.append(str(Path(record["_source"]).parent))
     return [p.rstrip("/") for p in paths if isinstance(p, str) and p.strip("./")]
+
+
+def configuration(record: dict) -> dict:
+    """The record's ``config`` without what names the run (:data:`RUN_IDENTITY_KEYS`, its own
+    paths): equal for runs of one configuration that differ only by seed."""
+    return _strip_identity(record.get("config") or {}, _identity_paths(record))
+
+
+def configuration_key(record: dict) -> tuple:
+    """What a merged row has in common: model, backbone, eval mode and :func:`configuration`."""
+    config = json.dumps(configuration(record), sort_keys=True, default=str)
+    return (record["model"], record["backbone"], record.get("eval_mode"), config)
 
 
 def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
@@ -141,10 +158,8 @@ def _rows(records: list[dict], merge: bool) -> tuple[list[Row], list[str]]:
     """One table's rows, sorted by mIoU, and warnings about runs merged twice."""
     groups: dict[tuple, list[tuple[dict, dict]]] = {}
     for i, record in enumerate(records):
-        config = _strip_identity(record.get("config") or {}, _identity_paths(record))
-        key = (record["model"], record["backbone"], record.get("eval_mode"))
-        key += (json.dumps(config, sort_keys=True, default=str) if merge else i,)
-        groups.setdefault(key, []).append((record, config))
+        key = configuration_key(record) if merge else (i,)
+        groups.setdefault(key, []).append((record, configuration(record)))
     rows, notes = [], []
     for members in groups.values():
         records_, first = [r for r, _ in members], members[0][0]
@@ -200,7 +215,7 @@ def _columns(metrics: Sequence[str], shown: list[str], rows: list[Row], merged: 
     for key in (m for m in METRIC_CHOICES if m in metrics):
         if key == "classes":
             columns += [Column(f"iou/{c}", c, "score") for c in shown]
-        elif key in ("params", "gflops", "throughput") and all(
+        elif key in ("ece", "nll", "brier", "params", "gflops", "throughput") and all(
             r.stats[key].mean is None for r in rows
         ):
             continue  # where measured: left out when no row has it

@@ -16,6 +16,7 @@ from pathlib import Path
 from segbench.leaderboard.build import DEFAULT_METRICS, METRIC_CHOICES
 from segbench.leaderboard.pipeline import publish
 from segbench.leaderboard.render import FORMATS, to_markdown
+from segbench.leaderboard.uncertainty import SPREADS
 from segbench.results import RESULTS_FILE
 
 __all__ = ["main"]
@@ -50,6 +51,21 @@ def _parser() -> argparse.ArgumentParser:
     add("--dataset", help="only these datasets (comma-separated)")
     add("--fraction", action="store_true", help="scores as fractions of 1, not percent")
     add("--no-merge", action="store_true", help="one row per run, not merged over seeds")
+    add(
+        "--spread",
+        choices=SPREADS,
+        default="std",
+        help="after each mean: std (± sample std "
+        "over seeds) or ci (95 %% bootstrap interval over images, from per-image counts)",
+    )
+    add(
+        "--alpha",
+        type=float,
+        default=0.05,
+        help="mark with † the rows whose mIoU is not "
+        "significantly below the best row's (paired sign-flip test, Holm; default %(default)s)",
+    )
+    add("--no-significance", action="store_true", help="do not test rows against the best")
     add("--wandb", action="store_true", help="also log each table as a wandb.Table (project "
         "$WANDB_PROJECT or segbench; offline without a W&B key)")  # fmt: skip
     add("--wandb-project", metavar="ENTITY/PROJECT",
@@ -85,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         classes=_csv_list(args.classes),
         percent=not args.fraction,
         merge_seeds=not args.no_merge,
+        spread=args.spread,
+        alpha=None if args.no_significance else args.alpha,
         write_empty=False,
     )
     if outcome.error is not None:

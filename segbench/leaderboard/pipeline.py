@@ -22,6 +22,7 @@ from segbench.leaderboard.build import (
 from segbench.leaderboard.records import collect
 from segbench.leaderboard.render import FORMATS, RENDERERS
 from segbench.leaderboard.table import Leaderboard
+from segbench.leaderboard.uncertainty import annotate
 
 __all__ = ["Outcome", "publish", "write_leaderboards", "write_tables"]
 
@@ -67,6 +68,8 @@ def _tables(
     paths: Sequence[str | Path] | str | Path,
     wandb_project: str | None,
     datasets: Sequence[str] | None,
+    spread: str = "std",
+    alpha: float | None = 0.05,
     **options: Any,
 ) -> tuple[list[Leaderboard], list[str]]:
     """Collect, keep ``datasets``, build; the tables and every problem met on the way (files
@@ -81,6 +84,8 @@ def _tables(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LeaderboardWarning)
         boards = build_tables(records, **options)
+    for board in boards:
+        annotate(board, spread=spread, alpha=alpha)
     problems += [str(w.message) for w in caught if issubclass(w.category, LeaderboardWarning)]
     problems += [note for board in boards for note in board.warnings]
     return boards, problems
@@ -97,6 +102,8 @@ def publish(
     classes: Sequence[str] | None = None,
     percent: bool = True,
     merge_seeds: bool = True,
+    spread: str = "std",
+    alpha: float | None = 0.05,
     write_empty: bool = True,
 ) -> Outcome:
     """Collect, filter, build, warn, write: the leaderboards of ``paths`` (or of a W&B project)
@@ -112,6 +119,10 @@ def publish(
         classes: as in :func:`~segbench.leaderboard.build.build_tables`.
         percent: as in :func:`~segbench.leaderboard.build.build_tables`.
         merge_seeds: as in :func:`~segbench.leaderboard.build.build_tables`.
+        spread: ``std`` (mean ± std over seeds) or ``ci`` (bootstrap intervals over images),
+            as in :func:`~segbench.leaderboard.uncertainty.annotate`.
+        alpha: mark the rows not significantly below the best (paired test, this level);
+            None: no test.
         write_empty: when there is no table, still call :func:`write_tables` (which creates
             ``out_dir``); else nothing is written then.
 
@@ -122,7 +133,9 @@ def publish(
     try:
         formats = check_names("format", formats, FORMATS)
         options = dict(metrics=metrics, classes=classes, percent=percent, merge_seeds=merge_seeds)
-        boards, problems = _tables(paths, wandb_project, datasets, **options)
+        boards, problems = _tables(
+            paths, wandb_project, datasets, spread=spread, alpha=alpha, **options
+        )
     except (ValueError, RuntimeError) as err:
         return Outcome(error=err)
     for problem in problems:
@@ -142,6 +155,8 @@ def write_leaderboards(
     percent: bool = True,
     merge_seeds: bool = True,
     datasets: Sequence[str] | None = None,
+    spread: str = "std",
+    alpha: float | None = 0.05,
 ) -> list[Path]:
     """Collect, build and write the leaderboards; problems are printed to stderr.
 
@@ -154,6 +169,8 @@ def write_leaderboards(
         percent: as in :func:`~segbench.leaderboard.build.build_tables`.
         merge_seeds: as in :func:`~segbench.leaderboard.build.build_tables`.
         datasets: keep only these datasets' records.
+        spread: as in :func:`publish`.
+        alpha: as in :func:`publish`.
 
     Returns:
         The written files; empty when no valid ``results.json`` was found.
@@ -170,6 +187,8 @@ def write_leaderboards(
         classes=classes,
         percent=percent,
         merge_seeds=merge_seeds,
+        spread=spread,
+        alpha=alpha,
     )
     if outcome.error is not None:
         raise outcome.error

@@ -75,6 +75,9 @@ _OPTIONAL = (  # key, test, what is expected (null is always accepted)
     ("params", lambda v: is_number(v) and v >= 0, "a number >= 0"),
     ("gflops", lambda v: is_number(v) and v >= 0, "a number >= 0"),
     ("config", lambda v: isinstance(v, dict), "an object"),
+    ("per_image", lambda v: isinstance(v, dict), "an object"),
+    ("intervals", lambda v: isinstance(v, dict), "an object"),
+    ("calibration", lambda v: isinstance(v, dict), "an object"),
     ("created", lambda v: isinstance(v, str), "an ISO 8601 time"),
 )
 

@@ -7,8 +7,11 @@ float) and a self-contained HTML page (inline CSS, no scripts, no external files
 Markdown, LaTeX and HTML show ``mean ± std`` (sample std, ddof=1; none for a single run), ``–``
 for an absent value, ``(k/n)`` after a figure that only k of the row's n runs have, and the best
 value of each score column in bold: mIoU, per-class IoU, accuracies, fwIoU and mDice, compared
-at display precision (ties all bold; nothing is bold in a one-row table). Params, GFLOPs and
-images/s are not marked.
+at display precision (ties all bold; nothing is bold in a one-row table), and the lowest ECE,
+NLL and Brier score. Params, GFLOPs and images/s are not marked. With ``spread="ci"`` a mean is
+followed by its bootstrap interval over images, ``[low, high]``, instead of ``± std``; ``†``
+after an mIoU marks a row not significantly below the best row
+(:mod:`segbench.leaderboard.uncertainty`).
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from segbench.leaderboard.table import Column, Leaderboard, Row, Stat
 
 __all__ = [
     "ABSENT",
+    "TIED",
     "FORMATS",
     "RENDERERS",
     "best_rows",
     "cell_text",
     "notes",
     "scaled",
+    "significance_notes",
     "table_rows",
     "tex_escape",
     "to_csv",
@@ -39,12 +44,16 @@ __all__ = [
 ]
 
 ABSENT = "–"  # shown for a value no run has
+TIED = "†"  # after the mIoU of a row not significantly below the best row's
 FORMATS = ("md", "csv", "tex", "html")  # the file formats, by extension (RENDERERS' keys)
-STAT_KINDS = ("score", "throughput")  # columns with a mean and a std in CSV
+STAT_KINDS = ("score", "lower_score", "lower", "throughput")  # a mean and a std in CSV
+BEST_KINDS = {"score": max, "lower_score": min, "lower": min}  # columns whose best is marked
 
 
 def _decimals(board: Leaderboard, column: Column) -> int:
-    return {"score": 2 if board.percent else 4, "throughput": 1, "params": 2}.get(column.kind, 0)
+    score = 2 if board.percent else 4
+    decimals = {"score": score, "lower_score": score, "lower": 3, "throughput": 1, "params": 2}
+    return decimals.get(column.kind, 0)
 
 
 def scaled(board: Leaderboard, row: Row, column: Column) -> Stat:
@@ -57,7 +66,8 @@ def scaled(board: Leaderboard, row: Row, column: Column) -> Stat:
         column: a numeric column.
     """
     stat = row.stats[column.key]
-    scale = {"score": 100.0 if board.percent else 1.0, "params": 1e-6}.get(column.kind, 1.0)
+    percent = 100.0 if board.percent else 1.0
+    scale = {"score": percent, "lower_score": percent, "params": 1e-6}.get(column.kind, 1.0)
     if stat.mean is None or scale == 1.0:
         return stat
     return Stat(stat.mean * scale, None if stat.std is None else stat.std * scale, stat.count)
@@ -94,8 +104,14 @@ def cell_text(board: Leaderboard, row: Row, column: Column) -> str:
     text = f"{stat.mean:.{digits}f}"
     if column.kind == "params":  # one count per configuration
         return text
-    if stat.std is not None:
+    interval = row.intervals.get(column.key) if board.spread == "ci" else None
+    if interval is not None:
+        scale = 100.0 if board.percent else 1.0
+        text += f" [{interval[0] * scale:.{digits}f}, {interval[1] * scale:.{digits}f}]"
+    elif stat.std is not None:
         text += f" ± {stat.std:.{digits}f}"
+    if column.key == "mIoU" and row.tied_with_best:
+        text += f" {TIED}"
     return text + (f" ({stat.count}/{row.n})" if stat.count < row.n else "")
 
 
@@ -107,14 +123,14 @@ def best_rows(board: Leaderboard, column: Column) -> set[int]:
         board: the table.
         column: one of its columns.
     """
-    if column.kind != "score" or len(board.rows) < 2:
+    if column.kind not in BEST_KINDS or len(board.rows) < 2:
         return set()
     shown = {
         i: round(scaled(board, row, column).mean, _decimals(board, column))
         for i, row in enumerate(board.rows)
         if row.stats[column.key].mean is not None
     }
-    top = max(shown.values(), default=None)
+    top = BEST_KINDS[column.kind](shown.values(), default=None)
     return {i for i, value in shown.items() if value == top}
 
 
@@ -139,6 +155,14 @@ def notes(board: Leaderboard) -> list[str]:
         )
     else:
         out.append("One row per run (not merged over seeds).")
+    if board.interval is not None:
+        info = board.interval
+        out.append(
+            f"[low, high]: {round(100 * info['level'])} % {info['method']} of the row's mean "
+            f"({info['resamples']} resamples, seed {info['seed']}), in place of ± std where "
+            "the runs kept per-image counts."
+        )
+    out += significance_notes(board)
     if any(r.stats[f"iou/{c}"].count < r.n for r in board.rows for c in board.shown_classes):
         out.append(
             f"{ABSENT}: class absent from a run's ground truth and prediction (IoU undefined), "
@@ -153,6 +177,33 @@ def notes(board: Leaderboard) -> list[str]:
         )
     if "throughput" in keys:
         out.append("images/s: inference throughput measured by the run.")
+    if keys & {"ece", "nll", "brier"}:
+        out.append(
+            "Calibration of the predicted probabilities over valid pixels (lower is better): "
+            f"ECE{' in %' if board.percent else ''} over 15 equal-width confidence bins, NLL "
+            "in nats, Brier score summed over classes."
+        )
+    return out
+
+
+def significance_notes(board: Leaderboard) -> list[str]:
+    """What the ``†`` marks mean, and which rows were not tested and why.
+
+    Args:
+        board: the table.
+    """
+    info = board.significance
+    if info is None:
+        return []
+    out = []
+    if info["tested"]:
+        out.append(
+            f"{TIED}: mIoU not significantly below the best row's ({info['best']}): "
+            f"{info['test']} on the same images, {info['permutations']} permutations, "
+            f"{info['correction']}, α = {info['alpha']}."
+        )
+    for method, reason in info["untested"].items():
+        out.append(f"Not tested against the best row: {method} ({reason}).")
     return out
 
 
@@ -196,11 +247,17 @@ def table_rows(board: Leaderboard) -> tuple[list[str], list[list[Any]]]:
         board: the table.
     """
     names = ["method", "model", "backbone", "variant"]
+    ci = board.interval is not None
     for column in board.columns[1:]:
         if column.kind in STAT_KINDS:
             names += [f"{column.csv_name}_mean", f"{column.csv_name}_std"]
+            if ci and column.kind == "score":
+                names += [f"{column.csv_name}_low", f"{column.csv_name}_high"]
         else:
             names.append(column.csv_name)
+    tested = board.significance is not None
+    if tested:
+        names += ["p_vs_best", "tied_with_best"]
     data = []
     for row in board.rows:
         values: list[Any] = [row.method, row.model, row.backbone, row.variant]
@@ -208,11 +265,18 @@ def table_rows(board: Leaderboard) -> tuple[list[str], list[list[Any]]]:
             if column.kind in STAT_KINDS:
                 stat = scaled(board, row, column)
                 values += [stat.mean, stat.std]
+                if ci and column.kind == "score":
+                    scale = 100.0 if board.percent else 1.0
+                    low, high = row.intervals.get(column.key, (None, None))
+                    values += [None if low is None else low * scale]
+                    values += [None if high is None else high * scale]
             elif column.kind in ("params", "gflops"):
                 mean = row.stats[column.key].mean
                 values.append(round(mean) if column.kind == "params" and mean is not None else mean)
             else:
                 values.append(_plain(row, column))
+        if tested:
+            values += [row.p_vs_best, row.tied_with_best]
         data.append([*values, row.kind, ";".join(row.sources)])
     return [*names, "kind", "runs"], data
 
@@ -239,6 +303,7 @@ _TEX = {
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
     "±": r"$\pm$",
+    "†": r"$^\dagger$",
     "–": "--",
     "…": r"\ldots{}",
 }

@@ -58,6 +58,13 @@ class Row:
     records: list[dict]
     variant: str = ""
     stats: dict[str, Stat] = field(default_factory=dict)  # raw fractions, counts, GFLOPs
+    # bootstrap intervals over images of the score columns (``mIoU``, ``iou/<class>``, ...),
+    # fractions, when the table shows intervals (:mod:`segbench.leaderboard.uncertainty`)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # the paired test against the best row: its Holm-adjusted p-value, and whether the row's
+    # mIoU is not significantly below the best's (None: not tested, or the best row itself)
+    p_vs_best: float | None = None
+    tied_with_best: bool | None = None
 
     def __post_init__(self) -> None:
         metrics = [r["metrics"] for r in self.records]
@@ -67,6 +74,8 @@ class Row:
         for key in ("params", "gflops"):
             self.stats[key] = Stat.of(r.get(key) for r in self.records)
         self.stats["throughput"] = Stat.of(throughput(r) for r in self.records)
+        for key in ("ece", "nll", "brier"):
+            self.stats[key] = Stat.of((r.get("calibration") or {}).get(key) for r in self.records)
 
     @property
     def method(self) -> str:
@@ -104,8 +113,9 @@ class Column:
         key: ``method``, ``n``, ``seed``, a score (``mIoU`` ...), ``iou/<class>``, ``params``,
             ``gflops``, ``throughput``, ``eval_mode`` or ``date``.
         header: the heading in Markdown, LaTeX and HTML.
-        kind: ``text``, ``int``, ``score`` (a fraction; best marked), ``params``, ``gflops`` or
-            ``throughput``.
+        kind: ``text``, ``int``, ``score`` (a fraction; best marked), ``lower_score`` (a
+            fraction, lower is better: ECE), ``lower`` (lower is better: NLL, Brier),
+            ``params``, ``gflops`` or ``throughput``.
     """
 
     key: str
@@ -138,6 +148,11 @@ class Leaderboard:
         merged: rows merged over seeds (else one row per run).
         name: file name stem, ``leaderboard_<dataset>_<split>``.
         warnings: runs counted twice in a merged row.
+        spread: what follows a mean: ``std`` (± the sample std over the row's runs) or ``ci``
+            (the bootstrap interval over images, ``[low, high]``).
+        interval: how the intervals were computed (level, resamples, seed) when ``ci``.
+        significance: how rows were tested against the best one (test, α, correction, rows
+            not tested and why); None when they were not.
     """
 
     dataset: str
@@ -150,6 +165,9 @@ class Leaderboard:
     merged: bool = True
     name: str = ""
     warnings: list[str] = field(default_factory=list)
+    spread: str = "std"
+    interval: dict | None = None
+    significance: dict | None = None
 
     @property
     def title(self) -> str:
