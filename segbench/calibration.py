@@ -110,7 +110,18 @@ class Calibration(Metric):
             )
         if not labels.numel():
             return
+        # one image at a time: the (1, K, H, W) temporaries below stay a fraction of the
+        # batch's logits (ADE20K: 150 x 512 x 512 floats per image)
+        for i in range(scores.shape[0]):
+            self._add(
+                scores[i : i + 1], target[i : i + 1], None if valid is None else valid[i : i + 1]
+            )
 
+    def _add(self, scores: Tensor, target: Tensor, valid: Tensor | None) -> None:
+        """Accumulate checked scores and labels (``valid``: the pixels that count)."""
+        labels = target[valid] if valid is not None else target.flatten()
+        if not labels.numel():
+            return
         dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
         # (B, K, H, W) temporaries: the log-probabilities (log_softmax casts low-precision
         # scores to float32 first) and one exp of them; everything after is per pixel

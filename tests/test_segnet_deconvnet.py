@@ -177,6 +177,27 @@ def test_bayesian_segnet_without_dropout_has_zero_uncertainty():
     assert torch.equal(unc, torch.zeros(2, 32, 32)) and probs.shape == (2, 5, 32, 32)
 
 
+def test_bayesian_segnet_weight_averaging_turns_dropout_off():
+    """mc_samples=0: the paper's weight-averaging baseline, one pass with dropout off, which is
+    the same network without dropout (inverted dropout needs no rescaling at test time)."""
+    torch.manual_seed(0)
+    model = make("bayesian_segnet").eval()
+    plain = make("bayesian_segnet", dropout=0.0).eval()
+    plain.load_state_dict(model.state_dict())
+    model.mc_samples = 0
+    x = torch.randn(2, 3, 33, 47)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+        reference = plain.logits(x)
+        sampled = model.logits(x)  # dropout is back on after the weight-averaged pass
+    assert set(a) == {"out"}  # no uncertainty without sampling
+    assert torch.equal(a["out"], b["out"])
+    torch.testing.assert_close(a["out"], reference)
+    assert not torch.allclose(sampled, reference)
+    with pytest.raises(ValueError, match=r"mc_samples must be >= 1 .* or 0 \(dropout off"):
+        BayesianSegNet(tiny_encoder(), 3, mc_samples=-1)
+
+
 def test_bayesian_segnet_dropout_stages_are_configurable_and_checked():
     model = BayesianSegNet(tiny_encoder(), 3, dropout=0.2, dropout_stages=[1, 5])
     assert model.decoder.dropout == [0.2, 0, 0, 0, 0.2]

@@ -77,6 +77,14 @@ def _inference_record(cfg: dict | None) -> dict | None:
     return {k: v for k, v in cfg.items() if not k.startswith("_")}
 
 
+def _intervals(counts, class_names: list[str], options: dict) -> dict:
+    """The bootstrap intervals of the figures, per-class ones keyed by class name (as
+    ``metrics.per_class_iou``)."""
+    intervals = bootstrap(counts, **options)
+    intervals["per_class_iou"] = dict(zip(class_names, intervals["per_class_iou"]))
+    return intervals
+
+
 def score(
     trainer: pl.Trainer, task: SegmentationTask, dm: SegDataModule, split: str, run: RunInfo
 ) -> dict:
@@ -112,7 +120,7 @@ def score(
         throughput=throughput,
         best_val_miou=run.best_val_miou,
         per_image={"file": PER_IMAGE_FILE, **summarize(ids, counts)},
-        intervals=bootstrap(counts, **run.bootstrap),
+        intervals=_intervals(counts, dm.class_names, run.bootstrap),
         calibration=figures.get("calibration"),
     )
     if trainer.is_global_zero:

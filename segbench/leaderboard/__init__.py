@@ -17,6 +17,11 @@ and self-contained HTML (:mod:`segbench.leaderboard.render`). The rules:
   a seed sweep merge the same way. ``--no-merge``: one row per record.
 * A class absent from a run (IoU ``null``) shows ``–`` and is left out of that class's mean;
   ``(k/n)`` after a figure: k of the row's n runs have it.
+* Noise: ``†`` after the mIoU of a row not significantly below the best row's (a paired
+  sign-flip test over the images, Holm-corrected over the rows; ``--alpha``,
+  ``--no-significance``); ``--spread ci`` shows each figure's bootstrap interval over images
+  instead of ± std. Both need the runs' per-image counts (``per_image.npz``); rows without them
+  are named in the notes. ``segbench compare A B`` tests two configurations in full.
 * Sorted by mIoU; the best value of each score column in bold. Broken or partial files are
   reported by path and skipped. Output files ``leaderboard_<dataset>_<split>.<ext>`` are
   derived artefacts and are overwritten.
@@ -27,11 +32,14 @@ The modules, each importing only those above it:
 * ``table``: the table model (:class:`Leaderboard`, :class:`Column`, :class:`Row`,
   :class:`Stat`).
 * ``build``: tables from records (:func:`build_tables`): grouping, merging seeds, labels.
+* ``paired``: the per-image counts behind rows, checked (same images, same classes).
+* ``uncertainty``: intervals and the test against the best row, added to a built table.
 * ``render``: Markdown, CSV, LaTeX and HTML.
 * ``wandb_io``: records from a W&B project, tables as ``wandb.Table`` s (imported on use).
 * ``pipeline``: collect, filter, build, warn, write (:func:`publish`,
   :func:`write_leaderboards`).
-* ``cli``: the ``segbench leaderboard`` command; ``sweep``: the Hydra callback that writes a
+* ``cli``: the ``segbench leaderboard`` command; ``compare``: the ``segbench compare``
+  command; ``sweep``: the Hydra callback that writes a
   sweep's leaderboard into its directory (imported on use: Hydra).
 """
 

@@ -131,6 +131,11 @@ def load_runs(records: Sequence[dict], label: str, *, same_configuration: bool =
                     f"has {first[key]!r}"
                 )
         path = per_image_path(record)
+        if path is None and isinstance(record.get("per_image"), dict):
+            raise ComparisonError(
+                f"{source}: its per-image counts are not in a file here (a record read from "
+                "W&B); give the run's directory instead"
+            )
         if path is None:
             raise ComparisonError(
                 f"{source}: no per-image counts (results.json names no per_image file: it was "

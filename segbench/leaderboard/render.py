@@ -198,9 +198,9 @@ def significance_notes(board: Leaderboard) -> list[str]:
     out = []
     if info["tested"]:
         out.append(
-            f"{TIED}: mIoU not significantly below the best row's ({info['best']}): "
-            f"{info['test']} on the same images, {info['permutations']} permutations, "
-            f"{info['correction']}, α = {info['alpha']}."
+            f"{TIED}: mIoU not significantly below the best row's ({info['best']}) at "
+            f"α = {info['alpha']}: a {info['test']}, {info['permutations']} permutations, "
+            f"{info['correction']}."
         )
     for method, reason in info["untested"].items():
         out.append(f"Not tested against the best row: {method} ({reason}).")

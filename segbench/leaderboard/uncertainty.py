@@ -105,11 +105,11 @@ def annotate(
         board.rows[i].p_vs_best = p
         board.rows[i].tied_with_best = p >= alpha
     board.significance = {
-        "test": "paired sign-flip (approximate randomization) test over images, two-sided",
+        "test": "two-sided paired sign-flip (approximate randomization) test over the images",
         "alpha": alpha,
         "permutations": permutations,
         "seed": seed,
-        "correction": f"Holm over the {len(tested)} rows tested",
+        "correction": f"Holm over the {len(tested)} row{'' if len(tested) == 1 else 's'} tested",
         "best": best.method,
         "tested": len(tested),
         "untested": untested,
