@@ -348,3 +348,20 @@ def test_cuda_deterministic_mode_matches_cpu():
         torch.use_deterministic_algorithms(before)
     for key, value in cpu.compute().items():
         torch.testing.assert_close(on_gpu[key], value, equal_nan=True)
+
+
+def test_ece_matches_torchmetrics_calibration_error():
+    """An outside implementation of the same definition: torchmetrics' top-label L1
+    calibration error with 15 bins, on the valid pixels."""
+    from torchmetrics.classification import MulticlassCalibrationError
+
+    gen = torch.Generator().manual_seed(3)
+    k, ignore = 6, 255
+    scores = torch.randn(3, k, 20, 24, generator=gen) * 2.5
+    target = torch.randint(0, k, (3, 20, 24), generator=gen)
+    target[torch.rand(target.shape, generator=gen) < 0.15] = ignore
+    ours = Calibration(k, ignore_index=ignore)
+    ours.update(scores, target)
+    theirs = MulticlassCalibrationError(num_classes=k, n_bins=15, norm="l1", ignore_index=ignore)
+    theirs.update(torch.softmax(scores, dim=1), target)
+    assert float(ours.compute()["ece"]) == pytest.approx(float(theirs.compute()), abs=1e-6)

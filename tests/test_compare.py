@@ -231,7 +231,7 @@ def test_leaderboard_marks_rows_not_significantly_below_the_best(tmp_path):
     unet_line = next(line for line in md.splitlines() if line.startswith("| unet"))
     segnet_line = next(line for line in md.splitlines() if line.startswith("| segnet"))
     assert "†" in unet_line and "†" not in segnet_line
-    assert "not significantly below the best row's (pspnet / resnet18)" in md
+    assert "not significantly below the best row's (pspnet / resnet18, single-scale)" in md
     assert "Holm over the 2 rows tested" in md and "α = 0.05" in md
     assert "Not tested against the best row: deconvnet / resnet18" in md
     assert "$^\\dagger$" in to_latex(board)

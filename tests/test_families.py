@@ -109,3 +109,33 @@ def test_deeplabv1_checkpoint_evaluates_with_the_crf_variant(sweep, tmp_path):
 def test_bayesian_segnet_results_name_the_mc_sampling(sweep):
     _, record = sweep["bayesian_segnet"]
     assert record["eval_mode"] == "single-scale+MC-dropout x8"
+
+
+def test_bayesian_segnet_checkpoint_evaluates_with_other_sampling(sweep, tmp_path):
+    """``+model.mc_samples=N`` (an evaluation-only key) changes how a checkpoint predicts;
+    0 is weight averaging (dropout off). A key that changes what the weights mean is refused."""
+    _, trained = sweep["bayesian_segnet"]
+    out = tmp_path / "wa"
+    run_cli(
+        "evaluate.py",
+        f"ckpt={trained['checkpoint']}",
+        "+model.mc_samples=0",
+        "logger=csv",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
+    record = json.loads((out / "results.json").read_text())
+    assert record["eval_mode"] == "single-scale" and record["config"]["model"]["mc_samples"] == 0
+    assert record["params"] == trained["params"] and record["calibration"]["pixels"] > 0
+    proc = run_cli(
+        "evaluate.py",
+        f"ckpt={trained['checkpoint']}",
+        "model=bayesian_segnet",
+        "model.dropout=0.1",
+        f"hydra.run.dir={tmp_path / 'refused'}",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "model.dropout cannot change at evaluation" in proc.stderr
+    assert "only model.crf, model.mc_samples may be set" in proc.stderr

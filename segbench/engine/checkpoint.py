@@ -234,6 +234,32 @@ def _is_evaluation_variant(wanted: DictConfig, trained: DictConfig) -> bool:
     return True
 
 
+def _evaluation_overrides(cfg: DictConfig, trained: DictConfig) -> DictConfig:
+    """The trained model config with the evaluation-only keys given on the command line
+    (``model.mc_samples=0`` after ``model=<its name>``, or ``+model.mc_samples=0`` alone).
+
+    Raises:
+        CheckpointError: another ``model.<key>`` was given: it would change what the weights
+            mean, so an evaluation cannot change it.
+    """
+    model = trained.model
+    wanted = cfg.get("model")
+    if wanted is None or model is None:
+        return model
+    keys = {k.split(".")[1] for k in _named_on_command_line() if k.startswith("model.")}
+    other = sorted(keys - set(EVALUATION_ONLY_KEYS))
+    if other and (wanted.get("name") in (None, model.get("name"))):
+        raise CheckpointError(
+            f"model.{other[0]} cannot change at evaluation: the checkpoint's weights were "
+            f"trained with {other[0]}={model.get(other[0])!r}; only "
+            f"{', '.join(f'model.{k}' for k in EVALUATION_ONLY_KEYS)} may be set"
+        )
+    for key in sorted(keys & set(EVALUATION_ONLY_KEYS)):
+        if key in wanted:
+            model = OmegaConf.merge(model, {key: wanted[key]})
+    return model
+
+
 def merge_eval_config(cfg: DictConfig, trained: DictConfig, ckpt_path: str) -> DictConfig:
     """The run config of an evaluation: the checkpoint's, with what the user asked checked.
 
@@ -241,7 +267,7 @@ def merge_eval_config(cfg: DictConfig, trained: DictConfig, ckpt_path: str) -> D
     (``EVALUATION_ONLY_KEYS``: ``deeplabv1_crf`` for a ``deeplabv1`` checkpoint): those replace
     the trained ones, the encoder stays the checkpoint's, and the weights load strictly.
     """
-    model = trained.model
+    model = _evaluation_overrides(cfg, trained)
     for group in ("model", "backbone"):
         wanted = cfg.get(group)
         if group not in _named_on_command_line():

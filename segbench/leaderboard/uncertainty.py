@@ -110,7 +110,7 @@ def annotate(
         "permutations": permutations,
         "seed": seed,
         "correction": f"Holm over the {len(tested)} row{'' if len(tested) == 1 else 's'} tested",
-        "best": best.method,
+        "best": best.method + (f", {best.eval_mode}" if best.eval_mode else ""),
         "tested": len(tested),
         "untested": untested,
     }
