@@ -159,8 +159,8 @@ def test_a_checkpoint_holding_other_objects_is_still_refused_unread(tmp_path):
 
 @pytest.mark.parametrize(
     "case",
-    [
-        "text",
+    [  # the same refusals are checked in-process above; the command line costs 20 s a case
+        pytest.param("text", marks=pytest.mark.slow),
         pytest.param("run_dir", marks=pytest.mark.slow),
         pytest.param("truncated", marks=pytest.mark.slow),
     ],

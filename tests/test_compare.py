@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +14,6 @@ from segbench.leaderboard.compare import main as compare_main
 from segbench.leaderboard.render import to_csv, to_latex, to_markdown
 from segbench.metrics import metrics_from_counts
 from segbench.per_image import PER_IMAGE_FILE, write_per_image
-from tests.conftest import ROOT
 
 CLASSES = ["background", "road", "car"]
 
@@ -172,30 +169,21 @@ def test_refuses_counts_that_do_not_belong_to_the_run(tmp_path, capsys):
     assert status == 2 and "does not belong to that run" in err
 
 
-def test_compare_command_on_a_trained_run(trained_run, tmp_path):
-    """The command a user types, on a real run against itself: Δ = 0, p = 1."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "segbench",
-            "compare",
-            str(trained_run),
-            str(trained_run / "results.json"),
-            "--out",
-            str(tmp_path / "self.json"),
-            "--permutations",
-            "500",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+def test_compare_on_a_trained_run(trained_run, tmp_path, capsys):
+    """A real run's files (a run directory against its results.json): Δ = 0, p = 1."""
+    status, out, err = _compare(
+        capsys,
+        trained_run,
+        trained_run / "results.json",
+        "--out",
+        tmp_path / "self.json",
+        "--permutations",
+        "500",
     )
-    assert proc.returncode == 0, proc.stderr
+    assert status == 0, err
     result = json.loads((tmp_path / "self.json").read_text())
     assert result["num_images"] == 9 and result["metrics"]["mIoU"]["p"] == 1.0
-    assert "mIoU" in proc.stdout and "Verdict" in proc.stdout
+    assert "mIoU" in out and "Verdict" in out
 
 
 # ------------------------------------------------------------------ the leaderboard's markers

@@ -150,6 +150,7 @@ def test_train_in_process_returns_the_results(tmp_path):
     assert res["model"] == "fcn32s" and res["config"]["model"]["variant"] == "32s"
 
 
+@pytest.mark.slow  # tests/test_reproducibility.py checks the same refusal byte for byte
 def test_an_earlier_run_is_never_overwritten(trained_run, tmp_path):
     before = (trained_run / "results.json").read_bytes()
     proc = run_cli(
@@ -187,6 +188,7 @@ def test_wandb_offline_run_has_config_curves_table_and_masks(tmp_path):
         assert needle in data, needle
 
 
+@pytest.mark.slow  # tests/test_sweeps.py and tests/test_families.py run sweeps too
 def test_multirun_sweep_writes_one_results_file_per_job(tmp_path):
     sweep = tmp_path / "sweep"
     run_cli(
