@@ -6,7 +6,9 @@ import json
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
+from segbench.engine import checkpoint
 from tests.conftest import CONF, run_cli
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
@@ -111,7 +113,7 @@ def test_bayesian_segnet_results_name_the_mc_sampling(sweep):
     assert record["eval_mode"] == "single-scale+MC-dropout x8"
 
 
-def test_bayesian_segnet_checkpoint_evaluates_with_other_sampling(sweep, tmp_path):
+def test_bayesian_segnet_checkpoint_evaluates_with_other_sampling(sweep, tmp_path, monkeypatch):
     """``+model.mc_samples=N`` (an evaluation-only key) changes how a checkpoint predicts;
     0 is weight averaging (dropout off). A key that changes what the weights mean is refused."""
     _, trained = sweep["bayesian_segnet"]
@@ -127,15 +129,11 @@ def test_bayesian_segnet_checkpoint_evaluates_with_other_sampling(sweep, tmp_pat
     record = json.loads((out / "results.json").read_text())
     assert record["eval_mode"] == "single-scale" and record["config"]["model"]["mc_samples"] == 0
     assert record["params"] == trained["params"] and record["calibration"]["pixels"] > 0
-    proc = run_cli(
-        "evaluate.py",
-        f"ckpt={trained['checkpoint']}",
-        "model=bayesian_segnet",
-        "model.dropout=0.1",
-        f"hydra.run.dir={tmp_path / 'refused'}",
-        cwd=tmp_path,
-        check=False,
-    )
-    assert proc.returncode != 0
-    assert "model.dropout cannot change at evaluation" in proc.stderr
-    assert "only model.crf, model.mc_samples may be set" in proc.stderr
+    # model.dropout=0.1 on the command line (what _named_on_command_line reads from Hydra)
+    monkeypatch.setattr(checkpoint, "_named_on_command_line", lambda: {"model", "model.dropout"})
+    cfg = OmegaConf.create({"model": {"name": "bayesian_segnet", "dropout": 0.1}})
+    trained_cfg = OmegaConf.create(trained["config"])
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.merge_eval_config(cfg, trained_cfg, trained["checkpoint"])
+    assert "model.dropout cannot change at evaluation" in str(err.value)
+    assert "only model.crf, model.mc_samples may be set" in str(err.value)

@@ -224,6 +224,43 @@ def test_refused_runs_leave_a_finished_run_untouched(trained_run):
     assert tree_digest(trained_run) == before
 
 
+def test_a_directory_locked_by_another_process_is_refused_naming_its_pid(tmp_path):
+    """The lock alone, fast: another process holds ``.lock`` as a live run does."""
+    import subprocess
+    import sys
+
+    from segbench.engine.rundir import LOCK_FILE, RunDirError, claim, release
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, sys, time\n"
+                f"fd = os.open({str(run_dir / LOCK_FILE)!r}, os.O_RDWR | os.O_CREAT)\n"
+                "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                "os.pwrite(fd, f'{os.getpid()}\\n'.encode(), 0)\n"
+                "print('held', flush=True)\n"
+                "sys.stdin.readline()\n"
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirError, match=rf"in use by a running process \(PID {holder.pid}"):
+            claim(run_dir, "train")
+    finally:
+        holder.communicate("\n", timeout=30)
+    claim(run_dir, "train")  # free once the holder is gone
+    release(run_dir)
+
+
+@pytest.mark.slow  # two live training processes (23 s); the lock alone: the test above
 def test_a_second_run_in_a_live_directory_is_refused_at_once(tmp_path):
     run_dir = tmp_path / "live"
     first = _start(run_dir)
