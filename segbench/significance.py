@@ -189,6 +189,18 @@ def _interval_dict(value: Any, low: Any, high: Any, se: Any) -> dict[str, float 
 # --------------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------------
+def _settings(method: str, resamples: int, seed: int, level: float, n: int, runs: Any) -> dict:
+    """How a result was made, as every result records it."""
+    return {
+        "method": method,
+        "resamples": int(resamples),
+        "seed": operator.index(seed),
+        "level": float(level),
+        "num_images": n,
+        "runs": runs,
+    }
+
+
 def bootstrap(
     runs: Any, *, resamples: int = 1000, seed: int = 0, level: float = 0.95
 ) -> dict[str, Any]:
@@ -224,12 +236,7 @@ def bootstrap(
     low, high, se = _summary(samples["iou"], level)
     per_class = [_interval_dict(value["iou"][c], low[c], high[c], se[c]) for c in range(k)]
     return {
-        "method": "percentile bootstrap over images",
-        "resamples": int(resamples),
-        "seed": operator.index(seed),
-        "level": float(level),
-        "num_images": n,
-        "runs": r,
+        **_settings("percentile bootstrap over images", resamples, seed, level, n, r),
         "metrics": metrics,
         "per_class_iou": per_class,
     }
@@ -292,12 +299,9 @@ def spread(runs: Any, **bootstrap_kwargs: Any) -> dict[str, Any]:
             "se_of_mean": _float(se_mean),
         }
     return {
-        "method": "percentile bootstrap over images; sample std over seeds",
-        "resamples": int(resamples),
-        "seed": operator.index(seed),
-        "level": float(level),
-        "num_images": n,
-        "runs": r,
+        **_settings(
+            "percentile bootstrap over images; sample std over seeds", resamples, seed, level, n, r
+        ),
         "metrics": metrics,
     }
 

@@ -130,23 +130,10 @@ def test_file_is_compact_for_150_classes(tmp_path):
         tp = (gt * rng.uniform(0.3, 1.0, 10)).astype(np.int64)
         counts[i, 0, present], counts[i, 1, present] = tp, gt
         counts[i, 2, present] = tp + rng.integers(0, 5000, 10)
-    realistic = write_per_image(
-        tmp_path / "ade.npz",
-        [f"img{i}" for i in range(n)],
-        counts,
-        [f"c{c}" for c in range(k)],
-        "ade20k",
-        "val",
-    )
+    ids, classes = [f"img{i}" for i in range(n)], [f"c{c}" for c in range(k)]
+    realistic = write_per_image(tmp_path / "ade.npz", ids, counts, classes, "ade20k", "val")
     dense = rng.integers(0, 2**31, (n, 3, k))  # the worst case: every class in every image
-    worst = write_per_image(
-        tmp_path / "dense.npz",
-        [f"img{i}" for i in range(n)],
-        dense,
-        [f"c{c}" for c in range(k)],
-        "ade20k",
-        "val",
-    )
+    worst = write_per_image(tmp_path / "dense.npz", ids, dense, classes, "ade20k", "val")
     assert realistic.stat().st_size / n < 1000  # bytes per image
     assert worst.stat().st_size < 5_000_000
     np.testing.assert_array_equal(read_per_image(worst).counts, dense)
