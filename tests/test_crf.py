@@ -100,7 +100,8 @@ def test_boundary_moves_to_the_colour_edge_and_does_not_smear(path):
     assert accuracy(spatial(logits, image), labels) == pytest.approx(before)
 
 
-def test_exact_and_lattice_paths_agree():
+@pytest.mark.parametrize("normalization", ["after", "symmetric"])
+def test_exact_and_lattice_paths_agree(normalization):
     gen = torch.Generator().manual_seed(0)
     h, w, k = 40, 48, 4
     labels = torch.zeros(1, h, w, dtype=torch.long)
@@ -113,8 +114,8 @@ def test_exact_and_lattice_paths_agree():
     logits = logits_for(labels, k, margin=1.5) + torch.randn(1, k, h, w, generator=gen)
     before = accuracy(logits, labels)
 
-    exact = DenseCRF(**EXACT)(logits, image)
-    lattice = DenseCRF(**LATTICE)(logits, image)
+    exact = DenseCRF(normalization=normalization, **EXACT)(logits, image)
+    lattice = DenseCRF(normalization=normalization, **LATTICE)(logits, image)
     agree = (exact.argmax(1) == lattice.argmax(1)).float().mean().item()
     assert agree > 0.97
     # Both refine a noisy prediction substantially.

@@ -4,18 +4,18 @@ large images.
 
 Each point's d-dimensional feature is splatted onto the d+1 vertices of its enclosing lattice
 simplex with barycentric weights, lattice values are blurred with ``[1/2, 1, 1/2]`` along each of
-the d+1 lattice directions, and sliced back with the same weights; splatting, every blur pass and
-slicing are sparse matrices built once.
+the d+1 lattice directions, and sliced back with the same weights. Splatting, every blur pass and
+slicing are built once as weighted gather-and-sum tables (int64 indices, float32 weights, a fixed
+summation order) and applied with ``embedding_bag``: no sparse-matrix overhead, deterministic.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from contextlib import contextmanager
 from functools import cache
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["PermutohedralLattice"]
@@ -26,8 +26,8 @@ _MAX_CODE = 2**62  # packed lattice keys must stay below this
 class PermutohedralLattice:
     """Permutohedral lattice over ``feats (M, d)`` (Adams et al. 2010); rows with different
     ``group`` ids never interact. ``filter`` approximates ``sum_j exp(-|f_i - f_j|^2 / 2) v_j``
-    up to a global scale (which normalisation cancels). Splatting, each blur pass and slicing
-    are sparse matrices, built once."""
+    up to a global scale (which normalisation cancels), the point itself included. Splatting,
+    each blur pass and slicing are weighted gather-and-sum tables, built once."""
 
     def __init__(self, feats: Tensor, group: Tensor) -> None:
         m, d = feats.shape
@@ -78,44 +78,54 @@ class PermutohedralLattice:
         vertex = table.inverse.view(m, d + 1)
 
         # Neighbours of every lattice point along each of the d+1 lattice directions: a +-step
-        # changes a key row by an amount that depends only on the point's remainder.
+        # changes a key row by an amount that depends only on the point's remainder. Only the
+        # + neighbour is looked up; the - neighbours follow by inverting it (q = p + step iff
+        # p = q - step).
         here = torch.arange(self.size, device=device)
         zeros = torch.zeros(d + 1, dtype=torch.long, device=device)
         start = zeros[:, None] + ks[:, None]  # one point of each remainder, quotients 0
         origin = _compress(start.expand(d + 1, d), ks, zeros)
-        half = torch.full((self.size,), 0.5, device=device)
-        values = torch.stack([half, torch.ones_like(half), half], dim=1)
-        self.blur = []
+        centre = torch.ones(self.size, device=device)
+        self.blur: list[Tensor] = []  # per direction: (size, 3) indices and weights
+        self.blur_weight: list[Tensor] = []
         for j in range(d + 1):
             step = torch.full((d,), -1, dtype=torch.long, device=device)
             if j < d:
                 step[j] = d
-            cols = [here]
-            for sign in (1, -1):
-                moved = _compress(start + sign * step, (ks - sign) % (d + 1), zeros)
-                cols.append(table.shifted(moved - origin))
-            cols = torch.stack([cols[1], cols[0], cols[2]], dim=1)  # -1 where absent
-            self.blur.append(_csr_rows(cols, values, self.size))
+            moved = _compress(start + step, (ks - 1) % (d + 1), zeros)
+            plus = table.shifted(moved - origin)  # -1 where absent
+            minus = here.clone()
+            found = plus >= 0
+            minus[plus[found]] = here[found]
+            plus = torch.where(found, plus, here)
+            # Bags of 3 in a fixed order (-, self, +); an absent neighbour is the point itself
+            # with weight 0 (fixed-size bags: no ragged indexing, deterministic sums).
+            weights = torch.stack([(minus != here).float() * 0.5, centre, found.float() * 0.5], 1)
+            self.blur.append(torch.stack([minus, here, plus], dim=1))
+            self.blur_weight.append(weights)
 
-        # Slicing (pixel <- its d+1 vertices) and splatting (vertex <- its pixels).
-        self.slice = _csr_rows(vertex, self.bary, self.size)
+        # Slicing (pixel <- its d+1 vertices, fixed-size bags) and splatting (vertex <- its
+        # pixels: the transpose, bags of variable size in pixel order).
+        self.vertex = vertex
         flat = vertex.reshape(-1)
         order = torch.argsort(flat, stable=True)
-        crow = torch.zeros(self.size + 1, dtype=torch.long, device=device)
-        crow[1:] = torch.bincount(flat, minlength=self.size).cumsum(0)
-        pixel = torch.arange(m, device=device).repeat_interleave(d + 1)
-        with _quiet_sparse():
-            self.splat = torch.sparse_csr_tensor(
-                crow, pixel[order], self.bary.reshape(-1)[order], (self.size, m)
-            )
+        offsets = torch.zeros(self.size, dtype=torch.long, device=device)
+        offsets[1:] = torch.bincount(flat, minlength=self.size).cumsum(0)[:-1]
+        self.splat = (
+            torch.div(order, d + 1, rounding_mode="floor"),
+            self.bary.reshape(-1)[order].contiguous(),
+            offsets,
+        )
 
     def filter(self, values: Tensor) -> Tensor:
-        """Splat ``values (M, C)``, blur, slice; returns ``(M, C)``."""
-        with _quiet_sparse():
-            lat = self.splat @ values
-            for blur in self.blur:
-                lat = blur @ lat
-            return self.slice @ lat
+        """Splat ``values (M, C)``, blur, slice; returns ``(M, C)`` float32. Every stage is one
+        weighted gather-and-sum (``embedding_bag``) with precomputed int64 indices and float32
+        weights, summed in a fixed order: deterministic on CPU."""
+        values = values.float().contiguous()  # gathers read whole rows
+        lat = _bag_sum(values, *self.splat)
+        for index, weight in zip(self.blur, self.blur_weight):
+            lat = _bag_sum(lat, index, weight, None)
+        return _bag_sum(lat, self.vertex, self.bary, None)
 
     def self_weight(self) -> Tensor:
         """Estimated response of ``filter`` at each point to its own value, ``(M,)``."""
@@ -130,23 +140,12 @@ def _compress(coords: Tensor, rem: Tensor, group: Tensor) -> Tensor:
     return torch.cat([group[:, None], rem[:, None], quot], dim=1)
 
 
-def _csr_rows(cols: Tensor, values: Tensor, ncols: int) -> Tensor:
-    """CSR matrix whose row i holds ``values[i, c]`` at columns ``cols[i, c]`` (-1: no entry)."""
-    cols, perm = torch.sort(cols, dim=1)
-    values = values.gather(1, perm)
-    keep = cols >= 0
-    crow = torch.zeros(cols.shape[0] + 1, dtype=torch.long, device=cols.device)
-    crow[1:] = keep.sum(dim=1).cumsum(0)
-    with _quiet_sparse():
-        return torch.sparse_csr_tensor(crow, cols[keep], values[keep], (cols.shape[0], ncols))
-
-
-@contextmanager
-def _quiet_sparse():
-    """Silence torch's "sparse CSR is beta" / invariant-check notices."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Ss]parse.*", category=UserWarning)
-        yield
+def _bag_sum(table: Tensor, index: Tensor, weight: Tensor, offsets: Tensor | None) -> Tensor:
+    """``out[i] = sum_c weight[i, c] * table[index[i, c]]`` (bags given by ``offsets`` when
+    ``index`` is flat)."""
+    return F.embedding_bag(
+        index, table, offsets, mode="sum", per_sample_weights=weight, include_last_offset=False
+    )
 
 
 class _KeyTable:
