@@ -58,6 +58,13 @@ PAPER_CONFIGS: tuple[PaperConfig, ...] = (
         None,
         "Chen et al. 2018 (no count given)",
     ),
+    PaperConfig(
+        "DeepLab v3+ (ResNet-50, OS 16, full 3x3 convs)",
+        ("model=deeplabv3plus", "backbone=resnet50", "model.separable=false"),
+        21,
+        None,
+        "segbench's earlier form (no separable convolutions)",
+    ),
     PaperConfig("U-Net", ("model=unet",), 2, 31.0e6, "Ronneberger et al. 2015 (commonly cited)"),
     PaperConfig("SegNet", ("model=segnet",), 11, 29.5e6, "Badrinarayanan et al. 2017, Table 6"),
     PaperConfig(

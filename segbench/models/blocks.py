@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["conv_bn_relu"]
+__all__ = ["conv_bn_relu", "separable_conv_bn_relu"]
 
 
 def conv_bn_relu(
@@ -38,3 +38,33 @@ def conv_bn_relu(
     if relu:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
+
+
+def separable_conv_bn_relu(
+    in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1
+) -> nn.Sequential:
+    """Atrous depthwise-separable convolution as DeepLab v3+ builds it (its reference
+    implementation's ``split_separable_conv2d``): a depthwise ``kernel_size`` conv (one filter
+    per channel, ``dilation``) → BN → ReLU, then a pointwise 1×1 conv → BN → ReLU. Against a
+    full conv it has ``k² + C_out`` instead of ``k² · C_out`` weights per input channel."""
+    return nn.Sequential(
+        *conv_bn_relu_depthwise(in_channels, kernel_size, dilation),
+        *conv_bn_relu(in_channels, out_channels, 1),
+    )
+
+
+def conv_bn_relu_depthwise(channels: int, kernel_size: int, dilation: int) -> list[nn.Module]:
+    """``depthwise Conv2d → BatchNorm2d → ReLU`` ("same" padding), as a list of layers."""
+    return [
+        nn.Conv2d(
+            channels,
+            channels,
+            kernel_size,
+            padding=dilation * (kernel_size // 2),
+            dilation=dilation,
+            groups=channels,
+            bias=False,
+        ),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+    ]

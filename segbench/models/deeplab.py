@@ -6,9 +6,10 @@
 - v3: Chen et al., "Rethinking Atrous Convolution for Semantic Image Segmentation", 2017.
   Atrous Spatial Pyramid Pooling (ASPP) with an image-pooling branch on a dilated ResNet.
 - v3+: Chen et al., "Encoder-Decoder with Atrous Separable Convolution for Semantic Image
-  Segmentation", ECCV 2018. v3's ASPP plus a light decoder fusing a stride-4 encoder feature.
-  (The paper's depthwise-separable convolutions belong to its Xception variant; the ResNet
-  variant built here uses plain convolutions.)
+  Segmentation", ECCV 2018. v3's ASPP plus a light decoder fusing a stride-4 encoder feature,
+  with the paper's atrous depthwise-separable convolutions in the ASPP's 3×3 branches and the
+  decoder's two 3×3 convolutions (``separable=True``, the config's default; ``False``: full
+  convolutions there, the form segbench built before, which older checkpoints hold).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segbench.models.base import SegmentationModel
-from segbench.models.blocks import conv_bn_relu
+from segbench.models.blocks import conv_bn_relu, separable_conv_bn_relu
 from segbench.models.encoders import encoder_name, require_dilated
 
 __all__ = ["ASPP", "DeepLabV1", "DeepLabV3", "DeepLabV3Plus"]
@@ -61,6 +62,7 @@ class ASPP(nn.Module):
         atrous_rates: dilation of each 3×3 branch (6, 12, 18 at output stride 16).
         channels: width of every branch and of the projection (256 in the paper).
         dropout: dropout after the projection (0.1).
+        separable: atrous depthwise-separable 3×3 branches (DeepLab v3+) instead of full ones.
     """
 
     def __init__(
@@ -69,11 +71,13 @@ class ASPP(nn.Module):
         atrous_rates: tuple[int, ...] | list[int] = (6, 12, 18),
         channels: int = 256,
         dropout: float = 0.1,
+        separable: bool = False,
     ) -> None:
         super().__init__()
         self.atrous_rates = [int(r) for r in atrous_rates]
+        conv3 = separable_conv_bn_relu if separable else conv_bn_relu
         branches: list[nn.Module] = [conv_bn_relu(in_channels, channels, 1)]
-        branches += [conv_bn_relu(in_channels, channels, 3, dilation=r) for r in self.atrous_rates]
+        branches += [conv3(in_channels, channels, 3, dilation=r) for r in self.atrous_rates]
         branches.append(ASPPPooling(in_channels, channels))
         self.branches = nn.ModuleList(branches)
         self.project = nn.Sequential(
@@ -233,6 +237,7 @@ class DeepLabV3PlusDecoder(nn.Module):
         channels: ASPP and decoder width (256).
         low_proj: width of the low-level projection (48).
         dropout: dropout after the ASPP projection.
+        separable: depthwise-separable 3×3 convolutions in the ASPP and the fusion.
     """
 
     def __init__(
@@ -244,13 +249,15 @@ class DeepLabV3PlusDecoder(nn.Module):
         channels: int = 256,
         low_proj: int = 48,
         dropout: float = 0.1,
+        separable: bool = False,
     ) -> None:
         super().__init__()
         self.low_index = low_index
-        self.aspp = ASPP(in_channels, atrous_rates, channels, dropout)
+        self.aspp = ASPP(in_channels, atrous_rates, channels, dropout, separable)
         self.low_proj = conv_bn_relu(low_channels, low_proj, 1)
+        conv3 = separable_conv_bn_relu if separable else conv_bn_relu
         self.fuse = nn.Sequential(
-            conv_bn_relu(channels + low_proj, channels, 3), conv_bn_relu(channels, channels, 3)
+            conv3(channels + low_proj, channels, 3), conv3(channels, channels, 3)
         )
 
     def forward(self, features: list[Tensor]) -> Tensor:
@@ -274,6 +281,10 @@ class DeepLabV3Plus(SegmentationModel):
         channels: ASPP and decoder width (256).
         low_level_channels: width of the low-level projection (48).
         dropout: dropout after the ASPP projection (0.1).
+        separable: the paper's atrous depthwise-separable 3×3 convolutions in the ASPP and the
+            decoder (``conf/model/deeplabv3plus.yaml``: true); ``False`` (the constructor's
+            default, so that checkpoints written before the option rebuild as they were):
+            full 3×3 convolutions there.
     """
 
     def __init__(
@@ -285,6 +296,7 @@ class DeepLabV3Plus(SegmentationModel):
         channels: int = 256,
         low_level_channels: int = 48,
         dropout: float = 0.1,
+        separable: bool = False,
     ) -> None:
         require_dilated(encoder, output_stride, "DeepLabV3Plus")
         low = _low_level_index(encoder)
@@ -297,6 +309,7 @@ class DeepLabV3Plus(SegmentationModel):
             channels,
             low_level_channels,
             dropout,
+            separable,
         )
         super().__init__(encoder, decoder, nn.Conv2d(channels, num_classes, 1), num_classes)
         self.output_stride = output_stride
