@@ -178,6 +178,7 @@ class SegmentationDataset(Dataset, ABC):
         self.ignore_index = ignore_index
         self.transform = transform
         self.verified = False  # set by check_all(): every sample has passed the checks
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, str]] | None = None  # fill_cache()
         # problems of the on-disk layout found while listing the files (images without
         # masks and vice versa, split lists that leak); subclasses fill it in their constructor
         self.layout_problems: list[str] = []
@@ -299,13 +300,69 @@ class SegmentationDataset(Dataset, ABC):
                 self.scan_warnings.append(message)
         self.verified = True
 
+    def fill_cache(self, indices: Sequence[int], workers: int = 0, desc: str = "caching") -> int:
+        """Decode samples ``indices`` once and keep them in memory: later reads of them skip
+        the files (and, for generated datasets, the generation). Each sample is checked as it
+        is first read, as without the cache. ``workers`` processes decode in parallel. Returns
+        the bytes held. Loader workers forked afterwards share the cache (copy-on-write)."""
+        from torch.utils.data import DataLoader
+
+        cache: dict[int, tuple[np.ndarray, np.ndarray, str]] = {}
+        loader = DataLoader(
+            _Raw(self, list(indices)),
+            batch_size=None,
+            num_workers=workers,
+            collate_fn=_identity,
+        )
+        for index, sample in tqdm(loader, total=len(indices), desc=desc, leave=False):
+            cache[index] = sample
+        self._cache = cache
+        return sum(im.nbytes + mask.nbytes for im, mask, _ in cache.values())
+
+    def sample_bytes(self, count: int = 4) -> int:
+        """The decoded size of one sample (image and mask), from the first ``count``."""
+        if len(self) == 0:
+            return 0
+        picks = range(min(count, len(self)))
+        sizes = [sum(a.nbytes for a in self.load(i)[:2]) for i in picks]
+        return int(np.ceil(sum(sizes) / len(sizes)))
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        cache = getattr(self, "_cache", None)
+        if cache is not None and index in cache:
+            image, mask, name = cache[index]
+            return image, mask, name
+        return self.load(index)
+
     def __getitem__(self, index: int) -> dict:
-        image, mask, name = self.load(index)
+        image, mask, name = self._read(index)
         if not self.verified:  # a full scan already checked it: keep the loader's hot path lean
             validate_sample(image.shape, mask, self.num_classes, self.ignore_index, name)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         return {"image": image, "mask": mask, "name": name, "index": index}
+
+
+class _Raw(Dataset):
+    """``(index, dataset.load(index))`` of some indices, checked as ``__getitem__`` checks them
+    (what :meth:`SegmentationDataset.fill_cache` reads)."""
+
+    def __init__(self, dataset: SegmentationDataset, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        ds, index = self.dataset, self.indices[i]
+        image, mask, name = ds.load(index)
+        if not ds.verified:
+            validate_sample(image.shape, mask, ds.num_classes, ds.ignore_index, name)
+        return index, (image, mask, name)
+
+
+def _identity(sample):
+    return sample
 
 
 def _examples(names: Sequence[str], shown: int = 3) -> str:
