@@ -31,6 +31,7 @@ VERBS = {
         Verb("stats", "segbench.data.stats", "class pixel shares and class weights of a split"),
         Verb("preview", "segbench.data.preview", "save a grid of augmented training samples"),
         Verb("convert-sbd", "segbench.data.sbd", "SBD's .mat masks to PNGs once (voc_aug)"),
+        Verb("bench", "segbench.bench.speed", "step/loop/peer/latency speed ratios, JSON"),
         Verb("throughput", "segbench.bench.throughput", "loader vs training-step images/s"),
         Verb("complexity", "segbench.bench.complexity", "parameters and GFLOPs vs the papers"),
         Verb("inference-bench", "segbench.bench.inference", "seconds/image of each eval mode"),

@@ -21,6 +21,8 @@ def compose(name: str, overrides: list[str], output_dir: str | Path = ".") -> Di
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    import segbench.engine.fast  # noqa: F401  (registers the resolvers conf/ uses)
+
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(config_name=name, overrides=[*overrides, f"output_dir={output_dir}"])

@@ -15,7 +15,18 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-__all__ = ["ConfusionMatrix", "metrics_from_confusion", "metrics_from_counts"]
+__all__ = ["ConfusionMatrix", "class_map", "metrics_from_confusion", "metrics_from_counts"]
+
+
+def class_map(scores: Tensor) -> Tensor:
+    """The predicted class of every pixel, ``(B, H, W)``, from scores ``(B, K, H, W)``.
+
+    The same indices as ``scores.argmax(1)`` (the first maximum on ties, NaN wins), computed
+    with ``max(1)``: on CPU, torch's ``argmax`` over the channel dimension of an NCHW tensor
+    takes some 15 times longer (17.5 against 1.1 ms for 16 x 7 x 64 x 64 scores), which made
+    the training confusion matrix a tenth of the default job's step.
+    """
+    return scores.max(dim=1).indices
 
 
 def metrics_from_counts(tp: Tensor, gt: Tensor, pred: Tensor) -> dict[str, Tensor]:
@@ -92,29 +103,35 @@ class ConfusionMatrix(Metric):
             target: ground-truth labels ``(B, H, W)``.
         """
         if preds.dim() == target.dim() + 1:
-            preds = preds.argmax(dim=1)
+            preds = class_map(preds)
         if preds.shape != target.shape:
             raise ValueError(
                 f"prediction shape {tuple(preds.shape)} does not match target {tuple(target.shape)}"
             )
-        target = target.long()
-        keep = target != self.ignore_index if self.ignore_index is not None else None
-        if keep is not None:
-            target, preds = target[keep], preds[keep]
+        # no boolean indexing (it copies, and cost more than the rest of the update): ignored
+        # pixels are counted in one extra bin that is dropped
+        n = self.num_classes
+        target, preds = target.long().flatten(), preds.long().flatten()
+        if self.ignore_index is not None:
+            ignored = target == self.ignore_index
+            checked = target.masked_fill(ignored, 0)
         else:
-            target, preds = target.flatten(), preds.flatten()
-        if target.numel() and (target.min() < 0 or target.max() >= self.num_classes):
-            bad = target[(target < 0) | (target >= self.num_classes)].unique()[:10].tolist()
+            ignored, checked = None, target
+        low, high = torch.aminmax(checked) if checked.numel() else (0, 0)
+        if low < 0 or high >= n:
+            bad = checked[(checked < 0) | (checked >= n)].unique()[:10].tolist()
             raise ValueError(
-                f"label values {bad} lie outside [0, {self.num_classes}) and are not the "
+                f"label values {bad} lie outside [0, {n}) and are not the "
                 f"ignore index ({self.ignore_index})"
             )
-        preds = preds.long()
-        if preds.numel() and (preds.min() < 0 or preds.max() >= self.num_classes):
-            bad = preds[(preds < 0) | (preds >= self.num_classes)].unique()[:10].tolist()
-            raise ValueError(f"predicted class indices {bad} lie outside [0, {self.num_classes})")
-        n = self.num_classes
-        counts = torch.bincount(target * n + preds, minlength=n * n)
+        low, high = torch.aminmax(preds) if preds.numel() else (0, 0)
+        if low < 0 or high >= n:
+            bad = preds[(preds < 0) | (preds >= n)].unique()[:10].tolist()
+            raise ValueError(f"predicted class indices {bad} lie outside [0, {n})")
+        index = checked * n + preds
+        if ignored is not None:
+            index = index.masked_fill_(ignored, n * n)
+        counts = torch.bincount(index, minlength=n * n + 1)[: n * n]
         self.confmat += counts.reshape(n, n)
 
     def compute(self) -> dict[str, Tensor]:

@@ -225,6 +225,31 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
     return _save(fig, path, dpi=110)
 
 
+def plot_time_curve(timeline: list[dict], path: Path, title: str = "") -> Path:
+    """Validation mIoU against the training run's wall time (``timeline``: dicts with
+    ``wall_s`` and ``val/mIoU``, from :class:`~segbench.engine.callbacks.RunPlots`)."""
+    plt = _pyplot()
+    points = [(r["wall_s"] / 60, 100 * r["val/mIoU"]) for r in timeline if "val/mIoU" in r]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    if points:
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, "-s", markersize=3)
+        best = max(range(len(ys)), key=ys.__getitem__)
+        ax.annotate(
+            f"{ys[best]:.1f}",
+            (xs[best], ys[best]),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=8,
+        )
+    ax.set_xlabel("wall time (minutes, from the start of training)")
+    ax.set_ylabel("val mIoU (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "validation mIoU against wall time", fontsize=10)
+    return _save(fig, path, dpi=110)
+
+
 def prediction_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 4) -> np.ndarray:
     """Panels (lists of same-height RGB tiles) stacked vertically, separated by white gaps;
     narrower panels are padded on the right with white."""

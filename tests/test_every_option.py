@@ -214,6 +214,15 @@ def _evaluation_in_training(res: dict, run_dir: Path) -> None:
     assert not (run_dir / "curves.png").exists()  # no run_plots in callbacks=evaluation
 
 
+def _fast(res: dict, run_dir: Path) -> None:
+    from segbench.engine.fast import fast_precision
+
+    trainer = res["config"]["trainer"]
+    assert res["config"]["fast"] == {"channels_last": True, "compile": False}
+    if trainer["precision"] != "bf16-mixed":  # not forced: the machine's choice, resolved
+        assert trainer["precision"] == fast_precision(trainer["accelerator"])
+
+
 def _adversarial(res: dict, run_dir: Path) -> None:
     assert res["model"] == "ganseg_fcn8s"
     assert res["config"]["task"]["_target_"].endswith("AdversarialTask")
@@ -227,6 +236,7 @@ CHECKS: dict[str, Check] = {
     "inference=slide": _eval_mode("slide"),
     "inference=ms_flip": _eval_mode("ms+flip"),
     "callbacks=train": _train_callbacks,
+    "trainer=fast": _fast,
     **{f"optimizer={o}": _optimizer(o) for o in options("optimizer")},
     **{f"scheduler={o}": _scheduler(o) for o in options("scheduler")},
     **{f"logger={o}": _logger(o) for o in options("logger")},
@@ -376,6 +386,14 @@ def build_train_cases() -> list[Case]:
     # trainer=default's own device choice (auto), which debug=fast sets to the CPU
     add("trainer", "default", ["trainer.accelerator=auto"])
     add("trainer", "gpu", ["trainer.accelerator=gpu"], marks=[CUDA])
+    add("trainer", "fast")  # the machine's precision (fp32 on a CPU without AMX) + NHWC
+    cases.append(  # and bf16 forced: autocast on the CPU, as on a CPU with AMX
+        Case(
+            ["trainer=fast"],
+            ["trainer=fast", "trainer.precision=bf16-mixed", *LEAN],
+            variant="bf16",
+        )
+    )
     cases.append(
         Case(
             ["callbacks=evaluation"],

@@ -335,10 +335,12 @@ def test_search_sweeper_composes():
     assert both.sweeper.direction == "maximize" and both.launcher.n_jobs == 2
 
 
-# experiment names: <model>_<backbone>_<gpus>xb<batch>-<schedule>_<dataset>-<crop>
+# experiment names: <model>_<backbone>_<gpus>xb<batch>-<schedule>_<dataset>-<crop>[_<tag>]
+# (a tag names the budget a run is made for: cpu-30min)
 NAME = re.compile(
     r"^(?P<model>[a-z0-9]+)_(?P<backbone>[a-z0-9-]+)_(?P<gpus>\d+)xb(?P<batch>\d+)"
-    r"-(?P<steps>\d+)(?P<unit>[ke])_(?P<dataset>[a-z0-9_]+)-(?P<crop>\d+(x\d+)?)$"
+    r"-(?P<steps>\d+)(?P<unit>[ke])_(?P<dataset>[a-z0-9_]+)-(?P<crop>\d+(x\d+)?)"
+    r"(?:_(?P<tag>[a-z0-9-]+))?$"
 )
 # the field's short backbone names -> (segbench backbone, output stride)
 BACKBONES = {

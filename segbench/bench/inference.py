@@ -8,7 +8,8 @@ seeded random normalised images and times, one image at a time under ``torch.inf
 - ``whole``: one pass; the reference of every ratio.
 - ``slide``: windows of half the image on each side, stride 2/3 of the window (3×3 windows).
 - ``flip``, ``ms`` (scales 0.75/1.0/1.25), ``ms+flip`` (the 6 scales 0.5-1.75 and flip).
-- ``CRF``: ``whole`` followed by the dense CRF (the model's own, else ``DenseCRF()``).
+- ``CRF``: ``whole`` followed by the dense CRF (the model's own, else a ``DenseCRF`` with
+  ``model=deeplabv1_crf``'s settings: symmetric normalisation).
 - Bayesian SegNet only: ``MC dropout xN``, its eval forward of N passes; every other row then
   runs it with ``mc_samples=1``, so that ``whole`` is one deterministic-cost pass.
 
@@ -75,7 +76,8 @@ def run_benchmark(
     """Time every mode on ``model`` and ``images (N, 3, H, W)``; one row per mode with
     ``mode``, ``details``, ``seconds`` (per image) and ``ratio`` (to ``whole``, same run).
 
-    ``crf`` is used for the CRF row when the model has none (default ``DenseCRF()``).
+    ``crf`` is used for the CRF row when the model has none (default: a symmetric
+    ``DenseCRF``).
     """
     if repeat < 1 or images.ndim != 4 or images.shape[0] < 1:
         raise ValueError(
@@ -84,7 +86,9 @@ def run_benchmark(
         )
     owner = segmenter_of(model)  # the network that holds the CRF
     own_crf = getattr(owner, "crf", None)
-    crf = own_crf if own_crf is not None else (crf if crf is not None else DenseCRF())
+    if crf is None:
+        crf = DenseCRF(normalization="symmetric")  # what model=deeplabv1_crf sets
+    crf = own_crf if own_crf is not None else crf
     crf = crf.to(images.device)
     mc_samples = getattr(model, "mc_samples", None)
     rows: list[dict] = []

@@ -18,6 +18,9 @@ from segbench.data.datamodule import SegDataModule
 from segbench.data.stats import class_weights
 from segbench.engine.resume import AtomicCheckpointIO, RunState
 from segbench.engine.task import SegmentationTask
+from segbench.inference import Inference
+
+VAL_INFERENCE_KEYS = ("mode", "crop", "stride", "scales", "flip")
 
 __all__ = [
     "build_datamodule",
@@ -25,6 +28,7 @@ __all__ = [
     "build_task",
     "build_trainer",
     "resolve_class_weights",
+    "validation_inference",
 ]
 
 
@@ -139,6 +143,7 @@ def build_task(
             f"{dm.ignore_index}; leave it as ${{dataset.ignore_index}}"
         )
     task = instantiate(cfg.task)
+    inference = instantiate(cfg.inference) if cfg.get("inference") else None
     return task(
         model=model,
         loss=loss,
@@ -148,8 +153,40 @@ def build_task(
         ignore_index=dm.ignore_index,
         class_names=dm.class_names,
         run_config=run_config,
-        inference=instantiate(cfg.inference) if cfg.get("inference") else None,
+        inference=inference,
+        fast=OmegaConf.to_container(cfg.fast) if cfg.get("fast") is not None else None,
+        val_inference=validation_inference(inference, cfg.get("val_inference")),
     )
+
+
+def validation_inference(inference: Inference | None, keys: DictConfig | dict | None):
+    """How validation predicts: the single-scale part of ``inference`` with the non-null
+    ``val_inference.*`` keys applied; ``None`` for one plain pass at the input size."""
+    base = inference.single_scale() if inference is not None else Inference()
+    given = {k: v for k, v in dict(keys or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(VAL_INFERENCE_KEYS))
+    if unknown:
+        raise ValueError(
+            f"val_inference.{unknown[0]}: unknown key; the keys are "
+            f"{', '.join(f'val_inference.{k}' for k in VAL_INFERENCE_KEYS)}"
+        )
+    if not given:
+        return None if base.plain else base
+    settings = {
+        "mode": base.mode,
+        "crop": base.crop,
+        "stride": base.stride,
+        "scales": base.scales,
+        "flip": base.flip,
+    }
+    if given.get("mode", base.mode) != base.mode:  # another mode: its own windows
+        settings.update(crop=None, stride=None)
+    settings.update({k: list(v) if isinstance(v, ListConfig) else v for k, v in given.items()})
+    try:
+        val = Inference(**settings)
+    except ValueError as err:
+        raise ValueError(str(err).replace("inference.", "val_inference.")) from None
+    return None if val.plain else val
 
 
 def build_trainer(cfg: DictConfig, task: SegmentationTask | None = None) -> pl.Trainer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 from pytorch_lightning.loggers import WandbLogger
 
 from segbench.inference import evaluating
+from segbench.metrics import class_map
 
 __all__ = ["EvaluationOutputs", "RunPlots", "WandbMedia"]
 
@@ -77,7 +79,7 @@ class WandbMedia(pl.Callback):
 
         images, masks = self._batch["image"], self._batch["mask"]
         with evaluating(pl_module):
-            preds = pl_module(images.to(pl_module.device)).argmax(1).cpu()
+            preds = class_map(pl_module(images.to(pl_module.device))).cpu()
         rgb = trainer.datamodule.eval_transform.denormalize(images)
         labels = {i: name for i, name in enumerate(pl_module.class_names)}
         ignore = trainer.datamodule.ignore_index
@@ -247,7 +249,10 @@ class RunPlots(pl.Callback):
 
     - ``curves.png``: loss and mIoU per epoch, train and val;
     - ``val_predictions.png``: the first ``num_images`` validation images, each as image |
-      ground truth | prediction of the current weights.
+      ground truth | prediction of the current weights;
+    - ``miou_vs_time.png``: validation mIoU against the wall time of training, from
+      ``timeline.json`` (epoch, step, seconds since training started, val mIoU); kept apart
+      from ``history.json``, which holds figures only and is identical between repeated runs.
 
     The final evaluation's confusion matrix and per-class IoU chart come from
     :class:`EvaluationOutputs`. The per-epoch figures are also kept in ``history.json``.
@@ -263,21 +268,47 @@ class RunPlots(pl.Callback):
         self.dirpath = Path(dirpath)
         self.num_images = num_images
         self.history: list[dict] = []
+        self.timeline: list[dict] = []
         self._batch: dict | None = None
         self._collecting = True  # during the first validation of this process
+        self._wall_before = 0.0  # seconds of training before this process (a resumed run)
+        self._fit_start: float | None = None
+
+    def _wall(self) -> float:
+        running = time.perf_counter() - self._fit_start if self._fit_start is not None else 0.0
+        return self._wall_before + running
 
     # the history is part of the checkpoint, so that a resumed run carries it on
     def state_dict(self) -> dict:
-        return {"history": [dict(row) for row in self.history]}
+        return {
+            "history": [dict(row) for row in self.history],
+            "timeline": [dict(row) for row in self.timeline],
+            "wall_s": self._wall(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.history = [dict(row) for row in state.get("history", [])]
+        self.timeline = [dict(row) for row in state.get("timeline", [])]
+        self._wall_before = float(state.get("wall_s", 0.0))
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._fit_start = time.perf_counter()
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         self._collecting = False
         self._record(trainer, trainer.current_epoch + 1, "val")
+        miou = trainer.callback_metrics.get("val/mIoU")
+        if miou is not None:
+            self.timeline.append(
+                {
+                    "epoch": trainer.current_epoch + 1,
+                    "step": trainer.global_step,
+                    "wall_s": round(self._wall(), 2),
+                    "val/mIoU": float(miou),
+                }
+            )
         self._draw(trainer, pl_module)
 
     def on_validation_batch_end(
@@ -326,17 +357,30 @@ class RunPlots(pl.Callback):
         self._flush_train(trainer, pl_module)
 
     def _draw(self, trainer, pl_module) -> None:
-        from segbench.plots import colorize, default_palette, plot_curves, prediction_grid
+        from segbench.plots import (
+            colorize,
+            default_palette,
+            plot_curves,
+            plot_time_curve,
+            prediction_grid,
+        )
 
         dm = trainer.datamodule
         self.dirpath.mkdir(parents=True, exist_ok=True)
         (self.dirpath / "history.json").write_text(json.dumps(self.history, indent=1))
         plot_curves(self.history, self.dirpath / "curves.png", title=f"{dm.name}: training curves")
+        if self.timeline:
+            (self.dirpath / "timeline.json").write_text(json.dumps(self.timeline, indent=1))
+            plot_time_curve(
+                self.timeline,
+                self.dirpath / "miou_vs_time.png",
+                title=f"{dm.name}: validation mIoU against wall time",
+            )
         if self._batch is None:
             return
         palette = dm.palette or default_palette(dm.num_classes)
         with evaluating(pl_module):
-            preds = pl_module(self._batch["image"].to(pl_module.device)).argmax(1).cpu().numpy()
+            preds = class_map(pl_module(self._batch["image"].to(pl_module.device))).cpu().numpy()
         rgb = dm.eval_transform.denormalize(self._batch["image"]).permute(0, 2, 3, 1).numpy()
         rows = [
             [rgb[i], colorize(gt, palette, dm.ignore_index), colorize(preds[i], palette)]

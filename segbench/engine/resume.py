@@ -59,12 +59,23 @@ RESUMABLE_KEYS = (
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
     "dataset.num_workers",
+    "dataset.cache",
     "dataset.eval_batch_size",
     "dataset.pin_memory",
     "dataset.check_on_setup",
     "dataset.root",
     "dataset.source.root",
 )
+# keys added after runs had been checkpointed without them, with the value that means what
+# those runs did: a missing key equal to it is no difference
+ADDED_KEYS = {
+    "fast.channels_last": False,
+    "fast.compile": False,
+    "dataset.cache": "none",
+    "model.crf.normalization": "after",  # DeepLab v1 + CRF before Krähenbühl's normalisation
+    "model.separable": False,  # DeepLab v3+ (an architecture key: a difference is refused)
+    **{f"val_inference.{k}": None for k in ("mode", "crop", "stride", "scales", "flip")},
+}
 STAGES = {"train": 0, "val": 1, "test": 2}
 LAST = Path("checkpoints") / "last.ckpt"
 
@@ -318,7 +329,8 @@ def config_differences(old: dict, new: dict, computed: bool = False) -> list[tup
     for key in sorted(set(a) | set(b)):
         if any(key == p or key.startswith(p + ".") for p in RESUMABLE_KEYS):
             continue
-        va, vb = a.get(key, missing), b.get(key, missing)
+        default = ADDED_KEYS.get(key, missing)
+        va, vb = a.get(key, default), b.get(key, default)
         if va != vb:
             diffs.append((key, None if va is missing else va, None if vb is missing else vb))
     return diffs

@@ -113,13 +113,19 @@ def _evaluate(cfg: DictConfig) -> dict:
     split = cfg.get("split") or run_cfg.dataset.eval_split
 
     dm = build_datamodule(run_cfg.dataset, [split], seed=cfg.seed)
-    task_cfg = OmegaConf.merge(run_cfg, {"optimizer": None, "scheduler": None})
+    # the evaluation's own speed options (fast.*), not the training's
+    speed = {"fast": OmegaConf.to_container(cfg.fast) if cfg.get("fast") is not None else None}
+    task_cfg = OmegaConf.merge(run_cfg, {"optimizer": None, "scheduler": None}, speed)
     task = build_task(task_cfg, dm, build_model(run_cfg.model))
     load_weights(task, state_dict, str(cfg.ckpt), run_cfg.model.get("name"))
 
     trainer = build_trainer(cfg)
     config = OmegaConf.to_container(
-        OmegaConf.merge(run_cfg, {"ckpt": str(cfg.ckpt), "split": split, "trainer": cfg.trainer}),
+        OmegaConf.merge(
+            run_cfg,
+            {"ckpt": str(cfg.ckpt), "split": split, "trainer": cfg.trainer},
+            {"fast": speed["fast"]},
+        ),
         resolve=True,
     )
     for lg in trainer.loggers:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -13,11 +14,16 @@ from torchmetrics import MeanMetric
 
 from segbench import __version__
 from segbench.calibration import Calibration, calibration_record
-from segbench.metrics import ConfusionMatrix
+from segbench.engine.fast import check_fast, prepare_batch, prepare_model
+from segbench.metrics import ConfusionMatrix, class_map
 from segbench.models.base import segmenter_of
 from segbench.per_image import PerImageRecorder, image_counts
 
 __all__ = ["SegmentationTask"]
+
+# the task converts batches for fast.channels_last in on_after_batch_transfer; the data module
+# defines no such hook, so Lightning's notice that the task's is the one used says nothing
+warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer`")
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -45,12 +51,19 @@ class SegmentationTask(pl.LightningModule):
             so that ``evaluate.py`` can rebuild the model.
         inference: how the test step predicts (:class:`~segbench.inference.Inference`: whole
             image, sliding window, multi-scale/flip); ``None``: one plain forward pass.
-            Validation always uses one plain pass.
+        val_inference: how the validation step predicts (the checkpoint choice);
+            ``None``: one plain pass. The engine gives it the single-scale part of
+            ``inference`` unless ``val_inference.*`` says otherwise.
+        fast: the speed options of :mod:`segbench.engine.fast` (``channels_last``,
+            ``compile``); they change no figure beyond floating-point rounding.
     """
 
     # whether each backward pass leaves some parameters without a gradient (DDP must then look
     # for unused parameters; the engine's trainer switches its ``ddp`` strategy accordingly)
     ddp_find_unused_parameters: bool = False
+    # read the finite-loss check every log_every_n_steps steps instead of every step (see
+    # _check_finite); None: on accelerators only, where reading it costs a host sync
+    defer_finite_checks: bool | None = None
 
     def __init__(
         self,
@@ -63,11 +76,17 @@ class SegmentationTask(pl.LightningModule):
         class_names: Sequence[str],
         run_config: dict | None = None,
         inference: Callable[[nn.Module, Tensor], dict[str, Tensor]] | None = None,
+        fast: Mapping[str, bool] | None = None,
+        val_inference: Callable[[nn.Module, Tensor], dict[str, Tensor]] | None = None,
     ) -> None:
         super().__init__()
+        self.fast = check_fast(fast)
         self.inference = inference
+        self.val_inference = val_inference
+        # the first non-finite step of each checked loss, kept on the device (_check_finite)
+        self._nonfinite: dict[str, tuple[Tensor, Tensor, str]] = {}
         self._loss_terms: dict[str, Tensor] = {}
-        self.model = model
+        self.model = prepare_model(model, self.fast)
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -99,6 +118,11 @@ class SegmentationTask(pl.LightningModule):
         """Logits ``(B, K, H, W)`` at input resolution."""
         return self.model(x)["out"]
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, dict) and "image" in batch:
+            batch["image"] = prepare_batch(batch["image"], self.fast)
+        return batch
+
     def _loss(self, out: dict[str, Tensor], target: Tensor) -> Tensor:
         loss = self.loss(out["out"], target)
         # a weighted sum's parts on the main head (read before the aux call overwrites them)
@@ -110,9 +134,39 @@ class SegmentationTask(pl.LightningModule):
     def _check_finite(
         self, name: str, value: Tensor, hint: str = "lower the learning rate or check the data"
     ) -> None:
-        """Stop at once on a NaN/inf loss, naming the key and the step."""
-        if not torch.isfinite(value):
-            raise FloatingPointError(f"{name} is {value.item()} at step {self.global_step}; {hint}")
+        """Stop on a NaN/inf loss, naming the key, its value and the step it first appeared at.
+
+        On the CPU the check is free and runs every step. On an accelerator reading the flag
+        is a host sync that stalls the queue of kernels, so the first non-finite step is
+        recorded on the device and read every ``log_every_n_steps`` steps (when Lightning
+        syncs anyway to log) and at the end of every epoch: training stops there, with the
+        message of the step where it went wrong.
+        """
+        defer = self.defer_finite_checks
+        if not (value.device.type != "cpu" if defer is None else defer):
+            if not torch.isfinite(value):
+                raise FloatingPointError(
+                    f"{name} is {value.item()} at step {self.global_step}; {hint}"
+                )
+            return
+        bad = ~torch.isfinite(value.detach())
+        pending = self._nonfinite.get(name)
+        if pending is None:
+            step = torch.full((), -1, dtype=torch.long, device=value.device)
+            pending = self._nonfinite[name] = (step, value.detach().float().clone(), hint)
+        step, first, _ = pending
+        new = bad & (step < 0)
+        step.copy_(torch.where(new, torch.full_like(step, self.global_step), step))
+        first.copy_(torch.where(new, value.detach().float(), first))
+        every = max(int(getattr(self.trainer, "log_every_n_steps", 1) or 1), 1)
+        if (self.global_step + 1) % every == 0:
+            self._raise_nonfinite()
+
+    def _raise_nonfinite(self) -> None:
+        """Raise for the first non-finite loss recorded on the device, if any."""
+        for name, (step, first, hint) in self._nonfinite.items():
+            if int(step) >= 0:
+                raise FloatingPointError(f"{name} is {first.item()} at step {int(step)}; {hint}")
 
     def _epoch_mean(self, key: str) -> MeanMetric:
         name = key.replace(".", "_")
@@ -147,6 +201,8 @@ class SegmentationTask(pl.LightningModule):
     def _eval_step(self, batch: dict, metric: str, prefix: str) -> dict[str, Tensor]:
         if metric == "test" and self.inference is not None:
             out = self.inference(self.model, batch["image"])
+        elif metric == "val" and self.val_inference is not None:
+            out = self.val_inference(self.model, batch["image"])
         else:
             out = self.model(batch["image"])
         loss = self._loss(out, batch["mask"])
@@ -162,7 +218,7 @@ class SegmentationTask(pl.LightningModule):
         if metric == "test":
             self.calibration.update(out["out"], batch["mask"])
             counts = image_counts(
-                out["out"].argmax(1), batch["mask"], self.num_classes, self.ignore_index
+                class_map(out["out"]), batch["mask"], self.num_classes, self.ignore_index
             )
             self.per_image.add(batch["index"], batch["name"], counts)
         return out
@@ -174,7 +230,7 @@ class SegmentationTask(pl.LightningModule):
         """Returns the predictions ``pred (B, H, W)`` (and ``uncertainty (B, H, W)`` when the
         model gives one) for callbacks that save them."""
         out = self._eval_step(batch, "test", self.eval_split)
-        result = {"pred": out["out"].argmax(1)}
+        result = {"pred": class_map(out["out"])}
         if "uncertainty" in out:
             result["uncertainty"] = out["uncertainty"]
         return result
@@ -202,6 +258,7 @@ class SegmentationTask(pl.LightningModule):
         }
 
     def on_train_epoch_end(self) -> None:
+        self._raise_nonfinite()
         self._log_metrics("fit", "train")
 
     def on_validation_epoch_end(self) -> None:

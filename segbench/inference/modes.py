@@ -93,10 +93,11 @@ class Inference:
     Chen et al., "DeepLab: Semantic Image Segmentation with Deep Convolutional Nets, Atrous
     Convolution, and Fully Connected CRFs", TPAMI 2018.
 
-    With one pass (``mode=whole``, ``scales=[1.0]``, no flip) ``out`` is the model's own output,
-    unchanged. ``slide`` returns the count-averaged window logits. With TTA (more than one pass)
-    ``out`` is the log of the averaged probabilities, float32: its argmax is the prediction and
-    cross-entropy on it is the NLL of the averaged prediction.
+    With one pass at the input size (``mode=whole``, ``scales=[1.0]``, no flip) ``out`` is the
+    model's own output, unchanged. ``slide`` returns the count-averaged window logits. Otherwise
+    (several passes, or one at another scale: ``scales=[0.5]`` predicts at half resolution)
+    ``out`` is the log of the averaged probabilities at the input size, float32: its argmax is
+    the prediction and cross-entropy on it is the NLL of the averaged prediction.
 
     Args:
         mode: ``whole`` or ``slide``.
@@ -151,6 +152,21 @@ class Inference:
             raise ValueError(f"inference.flip must be true or false, got {flip!r}")
         self.flip = flip
 
+    def single_scale(self) -> Inference:
+        """The single-scale part of this inference, as validation predicts by default: the
+        same mode (and windows), one scale (the only one; else 1.0 if listed, else the one
+        nearest 1.0), no flip."""
+        if len(self.scales) == 1:
+            scale = self.scales[0]
+        else:
+            scale = min(self.scales, key=lambda s: (abs(s - 1.0), s))
+        return Inference(self.mode, self.crop, self.stride, (scale,), False)
+
+    @property
+    def plain(self) -> bool:
+        """One forward pass of the whole image at its own size: the model's output as is."""
+        return self.mode == "whole" and self.passes == 1 and self.scales == (1.0,)
+
     @property
     def passes(self) -> int:
         """Forward passes (of ``whole`` or ``slide``) per image: scales × flips."""
@@ -177,7 +193,8 @@ class Inference:
     def __call__(self, model: nn.Module, images: Tensor) -> dict[str, Tensor]:
         """``model`` in eval mode, ``images (B, 3, H, W)`` normalised → ``{"out": (B, K, H, W)
         scores at input size, "uncertainty"?: (B, H, W) when the model gives one}``."""
-        if self.mode == "whole" and self.passes == 1:
+        single = self.passes == 1 and self.scales == (1.0,)  # one pass at the input size
+        if self.mode == "whole" and single:
             out = model(images)
             return {k: out[k] for k in ("out", "uncertainty") if k in out}
         owner = segmenter_of(model)  # the network that holds the CRF
@@ -185,7 +202,7 @@ class Inference:
         if crf is not None:
             owner.crf = None  # once on the final scores, not per pass or window
         try:
-            if self.passes == 1:
+            if single:
                 scores, uncertainty = self._predict(model, images)
             else:
                 scores, uncertainty = self._tta(model, images)

@@ -51,7 +51,7 @@ COLUMNS = {
 RUN_IDENTITY_KEYS = (
     *("seed", "output_dir", "run_name", "resume", "ckpt", "split", "data_root", "hydra"),
     *("callbacks", "logger", "bootstrap", "dataset.source.root", "dataset.num_workers"),
-    *("trainer.enable_progress_bar", "trainer.log_every_n_steps"),
+    *("trainer.enable_progress_bar", "trainer.log_every_n_steps", "dataset.cache", "fast"),
 )
 
 

@@ -1,0 +1,579 @@
+"""``segbench bench [model=... backbone=... ...]``: how fast a model trains and predicts on this
+machine, in ratios measured in one process.
+
+Sections (``--sections``; the first four by default):
+
+1. ``step``: the training step (forward, the configured loss, backward, SGD step) on a random
+   batch in memory, in each ``--variants`` setting: ``fp32``, ``bf16`` (autocast, as
+   ``trainer.precision=bf16-mixed``), ``fp16`` (GPU), ``channels_last``, ``bf16+channels_last``
+   (``trainer=fast``), ``compile`` (``torch.compile``). Variants are timed in turns, ``--repeats``
+   rounds of ``--steps`` steps each, so that drift of the machine (heat, other processes) hits
+   every variant alike; the median round counts. Ratios are against ``fp32`` of the same run.
+   With each, the peak tensor memory of a step (:func:`_peak_memory`).
+2. ``loop``: ``train.py``'s loop (Lightning, the callbacks and loggers of the config) against
+   a bare PyTorch loop over the same loader, model, loss and optimizer, in turns
+   (:mod:`segbench.bench.loop`), on the dataset of the config (``loop_steps`` batches each).
+3. ``peers``: the same architecture built by segmentation_models_pytorch or torchvision (the
+   ``bench`` dependency group: ``uv sync --group bench``), training step and batch-1 inference
+   in turns with segbench's; left out, with a note, when none exists or the library is absent.
+4. ``latency``: batch-1 inference under ``torch.inference_mode`` in eval mode, as
+   mmsegmentation's benchmark measures it: ``--warmup`` untimed passes, then ``--iters`` timed
+   ones, each ended by ``torch.cuda.synchronize()`` on a GPU; p50 and p95 per variant.
+
+5. ``crf`` (only when asked): the dense CRF against Krähenbühl's C++ implementation
+   (``pydensecrf2``) on one thread at ``--crf-size`` (:mod:`segbench.bench.crf`).
+
+Prints one Markdown table per section and writes everything to ``--out`` (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from segbench.config import parse_verb_args, verb_parser
+from segbench.engine.build import build_model
+from segbench.engine.fast import autocast_for
+
+__all__ = ["VARIANTS", "main", "peer_model", "run"]
+
+# name -> (precision as trainer.precision names it, channels_last, compile)
+VARIANTS: dict[str, tuple[str, bool, bool]] = {
+    "fp32": ("32-true", False, False),
+    "bf16": ("bf16-mixed", False, False),
+    "fp16": ("16-mixed", False, False),
+    "channels_last": ("32-true", True, False),
+    "bf16+channels_last": ("bf16-mixed", True, False),
+    "compile": ("32-true", False, True),
+    "bf16+channels_last+compile": ("bf16-mixed", True, True),
+}
+SECTIONS = ("step", "loop", "peers", "latency", "crf")
+DEFAULT_SECTIONS = ("step", "loop", "peers", "latency")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class _Setup:
+    """A model, its optimizer and a batch in one variant's setting."""
+
+    def __init__(
+        self,
+        make_model: Callable[[], nn.Module],
+        loss: nn.Module,
+        variant: str,
+        images: Tensor,
+        masks: Tensor,
+        device: torch.device,
+    ) -> None:
+        precision, channels_last, compiled = VARIANTS[variant]
+        torch.manual_seed(0)
+        model = make_model().to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)
+        if compiled:
+            model.compile()
+        self.model, self.loss = model, loss
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        self.images, self.masks, self.device = images, masks, device
+        self.autocast = autocast_for(precision, device)
+
+    def step(self) -> None:
+        self.model.train()
+        with self.autocast if self.autocast is not None else nullcontext():
+            out = self.model(self.images)
+            out = out["out"] if isinstance(out, dict) else out
+            loss = self.loss(out, self.masks)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def predict(self, images: Tensor) -> Tensor:
+        with self.autocast if self.autocast is not None else nullcontext():
+            out = self.model(images)
+        return out["out"] if isinstance(out, dict) else out
+
+
+def _timed(fn: Callable[[], None], n: int, device: torch.device) -> float:
+    """Seconds for ``n`` calls of ``fn``."""
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+@contextmanager
+def _quiet_stderr():
+    """File descriptor 2 to /dev/null for the block (the profiler's C++ start/stop lines)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _peak_memory(setup: _Setup) -> int | None:
+    """Peak memory of tensors during one training step in ``setup``, in bytes, above what was
+    allocated before it: on GPU the allocator's ``max_memory_allocated``; on CPU the running
+    sum of the allocations and frees the profiler records (``profile_memory``) in time order,
+    the same quantity for the CPU allocator."""
+    if setup.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(setup.device)
+        base = torch.cuda.memory_allocated(setup.device)
+        setup.step()
+        _sync(setup.device)
+        return torch.cuda.max_memory_allocated(setup.device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        setup.step()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+def _batch(cfg: DictConfig, batch: int, size: tuple[int, int], device: torch.device):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, *size, generator=g).to(device)
+    masks = torch.randint(0, cfg.dataset.num_classes, (batch, *size), generator=g).to(device)
+    return images, masks
+
+
+def _rounds(
+    names: list[str], run_one: Callable[[str], float], repeats: int
+) -> dict[str, list[float]]:
+    """``run_one(name)`` for every name, ``repeats`` rounds in turn."""
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(repeats):
+        for name in names:
+            times[name].append(run_one(name))
+    return times
+
+
+def bench_steps(cfg, variants, batch, size, steps, repeats, device, memory=True) -> list[dict]:
+    """Section 1: the training step in each variant (images/s, ratio to fp32, peak memory)."""
+    images, masks = _batch(cfg, batch, size, device)
+    loss = instantiate(cfg.loss).to(device)
+    setups = {
+        v: _Setup(lambda: build_model(cfg.model), loss, v, images, masks, device) for v in variants
+    }
+    for v, s in setups.items():  # warm-up: oneDNN primitive caches, compilation
+        for _ in range(5 if VARIANTS[v][2] else 3):
+            s.step()
+    times = _rounds(variants, lambda v: _timed(setups[v].step, steps, device), repeats)
+    rows = []
+    for v in variants:
+        seconds = statistics.median(times[v]) / steps
+        rows.append(
+            {
+                "variant": v,
+                "images_per_s": batch / seconds,
+                "ms_per_step": 1e3 * seconds,
+                "peak_memory_mb": (lambda m: m / 2**20 if m is not None else None)(
+                    _peak_memory(setups[v]) if memory else None
+                ),
+            }
+        )
+    reference = next((r for r in rows if r["variant"] == "fp32"), rows[0])
+    for r in rows:
+        r["ratio"] = r["images_per_s"] / reference["images_per_s"]
+        r["reference"] = reference["variant"]
+    return rows
+
+
+def bench_latency(cfg, variants, size, warmup, iters, device) -> list[dict]:
+    """Section 4: batch-1 inference latency per variant (p50 / p95 ms)."""
+    images, masks = _batch(cfg, 1, size, device)
+    loss = instantiate(cfg.loss).to(device)
+    rows = []
+    for v in variants:
+        setup = _Setup(lambda: build_model(cfg.model), loss, v, images, masks, device)
+        setup.model.eval()
+        x = setup.images
+        samples = []
+        with torch.inference_mode():
+            for _ in range(warmup):
+                setup.predict(x)
+            _sync(device)
+            for _ in range(iters):
+                start = time.perf_counter()
+                setup.predict(x)
+                _sync(device)
+                samples.append(time.perf_counter() - start)
+        samples.sort()
+        p95 = samples[min(len(samples) - 1, max(0, round(0.95 * len(samples)) - 1))]
+        rows.append(
+            {
+                "variant": v,
+                "p50_ms": 1e3 * statistics.median(samples),
+                "p95_ms": 1e3 * p95,
+                "images_per_s": 1.0 / statistics.median(samples),
+            }
+        )
+    reference = next((r for r in rows if r["variant"] == "fp32"), rows[0])
+    for r in rows:
+        r["ratio"] = reference["p50_ms"] / r["p50_ms"]
+        r["reference"] = reference["variant"]
+    return rows
+
+
+def peer_model(cfg: DictConfig) -> tuple[str, Callable[[], nn.Module]] | None:
+    """The same architecture in segmentation_models_pytorch or torchvision, if one exists:
+    ``(description, factory)``; ``None`` otherwise. Raises ``ImportError`` when the library
+    that has it is not installed."""
+    model, backbone = cfg.model.name, cfg.backbone.name
+    k = int(cfg.dataset.num_classes)
+    stride = cfg.model.get("output_stride")
+    if model == "unet" and backbone in ("resnet18", "resnet50"):
+        import segmentation_models_pytorch as smp
+
+        return f"smp.Unet({backbone})", lambda: smp.Unet(backbone, encoder_weights=None, classes=k)
+    if model == "deeplabv3plus" and backbone in ("resnet18", "resnet50"):
+        import segmentation_models_pytorch as smp
+
+        def make():
+            return smp.DeepLabV3Plus(
+                backbone, encoder_weights=None, classes=k, encoder_output_stride=stride or 16
+            )
+
+        return f"smp.DeepLabV3Plus({backbone}, OS {stride or 16})", make
+    if model == "deeplabv3" and backbone == "resnet50" and stride == 8:
+        # torchvision's DeepLabHead: ASPP (rates 12/24/36), a 3x3 conv, the classifier
+        from torchvision.models.segmentation import deeplabv3_resnet50
+
+        return "torchvision deeplabv3_resnet50 (OS 8)", lambda: deeplabv3_resnet50(
+            weights=None, weights_backbone=None, num_classes=k, aux_loss=False
+        )
+    return None  # torchvision's fcn_resnet50 is a one-head FCN, not FCN-8s: no peer
+
+
+def bench_peers(cfg, variants, batch, size, steps, repeats, warmup, iters, device) -> dict:
+    """Section 3: segbench ÷ peer for the training step and batch-1 inference, per variant."""
+    try:
+        found = peer_model(cfg)
+    except ImportError as err:
+        return {"note": f"no peer measured: {err.name} is not installed (uv sync --group bench)"}
+    if found is None:
+        return {
+            "note": f"no peer measured: no same-architecture model of {cfg.model.name}/"
+            f"{cfg.backbone.name} in segmentation_models_pytorch or torchvision is known here"
+        }
+    label, make_peer = found
+    images, masks = _batch(cfg, batch, size, device)
+    one = images[:1]
+    loss = instantiate(cfg.loss).to(device)
+    rows = []
+    for v in variants:
+        sides = {
+            "segbench": _Setup(lambda: build_model(cfg.model), loss, v, images, masks, device),
+            "peer": _Setup(make_peer, loss, v, images, masks, device),
+        }
+        for s in sides.values():
+            for _ in range(3):
+                s.step()
+        train = _rounds(
+            list(sides), lambda n, sides=sides: _timed(sides[n].step, steps, device), repeats
+        )
+
+        def infer(n: str, sides=sides, channels_last=VARIANTS[v][1]) -> float:
+            s = sides[n]
+            s.model.eval()
+            x = one.contiguous(memory_format=torch.channels_last) if channels_last else one
+            with torch.inference_mode():
+                for _ in range(warmup):
+                    s.predict(x)
+                return _timed(lambda: s.predict(x), iters, device)
+
+        inference = _rounds(list(sides), infer, repeats)
+        params = {n: sum(p.numel() for p in s.model.parameters()) for n, s in sides.items()}
+        rows.append(
+            {
+                "variant": v,
+                "train_ratio": statistics.median(train["peer"])
+                / statistics.median(train["segbench"]),
+                "inference_ratio": statistics.median(inference["peer"])
+                / statistics.median(inference["segbench"]),
+                "segbench_params": params["segbench"],
+                "peer_params": params["peer"],
+            }
+        )
+    return {"peer": label, "rows": rows}
+
+
+def bench_loop(cfg: DictConfig, steps: int, repeats: int) -> dict:
+    """Section 2: train.py's loop against the bare loop (images/s, in turns)."""
+    from segbench.bench.loop import bare_loop, lightning_loop
+
+    runs = {"bare": bare_loop, "train.py": lightning_loop}
+    rates: dict[str, list[float]] = {n: [] for n in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            rates[name].append(fn(cfg, steps))
+    bare, lightning = (statistics.median(rates[n]) for n in ("bare", "train.py"))
+    return {
+        "bare_images_per_s": bare,
+        "train_py_images_per_s": lightning,
+        "ratio": lightning / bare,
+        "rounds": rates,
+    }
+
+
+def _markdown(title: str, header: list[str], rows: list[list[str]]) -> str:
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _mb(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f}"
+
+
+def report(result: dict) -> str:
+    """The console tables of a :func:`run` result."""
+    parts = []
+    m = result["machine"]
+    parts.append(
+        f"{result['model']}/{result['backbone']}, batch {result['batch']} × "
+        f"{result['size'][0]}×{result['size'][1]}, {result['num_classes']} classes, on "
+        f"{m['device']} ({m['torch_threads']} threads), torch {m['torch']}"
+    )
+    if "step" in result:
+        rows = [
+            [
+                r["variant"],
+                f"{r['images_per_s']:.2f}",
+                f"{r['ratio']:.2f}×",
+                _mb(r["peak_memory_mb"]),
+            ]
+            for r in result["step"]
+        ]
+        parts.append(
+            _markdown(
+                "Training step (ratio: images/s against fp32, same run)",
+                ["variant", "images/s", "ratio", "peak MB"],
+                rows,
+            )
+        )
+    if "loop" in result:
+        lp = result["loop"]
+        parts.append(
+            _markdown(
+                f"train.py's loop against a bare loop ({result['loop_config']})",
+                ["loop", "images/s", "ratio"],
+                [
+                    ["bare PyTorch", f"{lp['bare_images_per_s']:.1f}", "1.00"],
+                    ["train.py", f"{lp['train_py_images_per_s']:.1f}", f"{lp['ratio']:.3f}"],
+                ],
+            )
+        )
+    if "peers" in result:
+        pr = result["peers"]
+        if "note" in pr:
+            parts.append(f"### Peers\n\n{pr['note']}")
+        else:
+            rows = [
+                [
+                    r["variant"],
+                    f"{r['train_ratio']:.2f}",
+                    f"{r['inference_ratio']:.2f}",
+                    f"{r['segbench_params'] / 1e6:.1f}M / {r['peer_params'] / 1e6:.1f}M",
+                ]
+                for r in pr["rows"]
+            ]
+            parts.append(
+                _markdown(
+                    f"Against {pr['peer']} (speed ratio segbench ÷ peer; > 1: segbench faster)",
+                    ["variant", "train step", "inference (batch 1)", "params segbench / peer"],
+                    rows,
+                )
+            )
+    if "latency" in result:
+        rows = [
+            [r["variant"], f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['ratio']:.2f}×"]
+            for r in result["latency"]
+        ]
+        parts.append(
+            _markdown(
+                "Inference latency, batch 1 (warm-up, then timed passes; ratio: p50 speed-up)",
+                ["variant", "p50 ms", "p95 ms", "ratio"],
+                rows,
+            )
+        )
+    if "crf" in result:
+        crf = result["crf"]
+        if "note" in crf:
+            parts.append(f"### Dense CRF\n\n{crf['note']}")
+        else:
+            h, w = crf["size"]
+            rows = [
+                [
+                    str(r["labels"]),
+                    r["normalization"],
+                    f"{r['segbench_s']:.2f}",
+                    f"{r['pydensecrf2_s']:.2f}",
+                    f"{r['ratio']:.2f}",
+                    f"{100 * r['agreement']:.2f} %",
+                ]
+                for r in crf["rows"]
+            ]
+            parts.append(
+                _markdown(
+                    f"Dense CRF, {h}×{w}, 10 iterations, 1 thread: segbench against pydensecrf2",
+                    ["labels", "normalization", "segbench s", "pydensecrf2 s", "ratio", "agree"],
+                    rows,
+                )
+            )
+    return "\n\n".join(parts)
+
+
+def run(
+    cfg: DictConfig,
+    sections=DEFAULT_SECTIONS,
+    variants=("fp32", "bf16", "channels_last", "bf16+channels_last"),
+    batch: int = 4,
+    size: tuple[int, int] = (256, 320),
+    steps: int = 5,
+    repeats: int = 3,
+    warmup: int = 5,
+    iters: int = 20,
+    device: str = "auto",
+    loop_steps: int = 40,
+    crf_size: tuple[int, int] = (360, 480),
+) -> dict:
+    """Every section of ``sections`` on ``cfg`` (a composed ``conf/train.yaml``)."""
+    dev = _device(device)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"--variants: unknown {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    if dev.type == "cpu":
+        variants = [v for v in variants if VARIANTS[v][0] != "16-mixed"] or ["fp32"]
+    variants = list(dict.fromkeys(["fp32", *variants]))  # the reference first
+    result: dict = {
+        "model": cfg.model.name,
+        "backbone": cfg.backbone.name,
+        "num_classes": int(cfg.dataset.num_classes),
+        "batch": batch,
+        "size": list(size),
+        "variants": variants,
+        "protocol": {
+            "steps_per_round": steps,
+            "rounds": repeats,
+            "statistic": "median round",
+            "latency_warmup": warmup,
+            "latency_iters": iters,
+            "cuda_sync": dev.type == "cuda",
+        },
+        "machine": {
+            "device": torch.cuda.get_device_name(dev)
+            if dev.type == "cuda"
+            else platform.processor() or "cpu",
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+        },
+    }
+    if "step" in sections:
+        result["step"] = bench_steps(cfg, variants, batch, size, steps, repeats, dev)
+    if "peers" in sections:
+        result["peers"] = bench_peers(
+            cfg, variants, batch, size, steps, repeats, warmup, iters, dev
+        )
+    if "latency" in sections:
+        result["latency"] = bench_latency(cfg, variants, size, warmup, iters, dev)
+    if "crf" in sections:
+        from segbench.bench.crf import bench_crf
+
+        result["crf"] = bench_crf(crf_size, repeats=repeats)
+    if "loop" in sections:
+        result["loop_config"] = (
+            f"{cfg.model.name}/{cfg.backbone.name} on {cfg.dataset.name}, batch "
+            f"{cfg.dataset.batch_size}, trainer.precision={cfg.trainer.precision}"
+        )
+        result["loop"] = bench_loop(cfg, loop_steps, repeats)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = verb_parser(
+        "bench",
+        "Training-step, loop, peer and latency speed of a model, as ratios measured in one run.",
+        example="model=deeplabv3plus backbone=resnet18",
+    )
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(DEFAULT_SECTIONS))
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["fp32", "bf16", "channels_last", "bf16+channels_last"],
+        help=f"settings of the step, peer and latency sections, from: {', '.join(VARIANTS)}",
+    )
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--size", type=int, nargs=2, default=[256, 320], metavar=("H", "W"))
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds, variants in turn")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed inference passes")
+    parser.add_argument("--iters", type=int, default=20, help="timed inference passes")
+    parser.add_argument("--loop-steps", type=int, default=40, help="timed batches per loop")
+    parser.add_argument("--crf-size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--out", default="bench.json", help="the JSON file written")
+    args, cfg = parse_verb_args(parser, argv)
+    for name in ("batch", "steps", "repeats", "iters", "loop_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    out = Path(args.out)
+    if out.exists():
+        parser.error(
+            f"--out {out} exists; name another file (an earlier result is never overwritten)"
+        )
+    result = run(
+        cfg,
+        sections=args.sections,
+        variants=args.variants,
+        batch=args.batch,
+        size=(args.size[0], args.size[1]),
+        steps=args.steps,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        iters=args.iters,
+        device=args.device,
+        loop_steps=args.loop_steps,
+        crf_size=(args.crf_size[0], args.crf_size[1]),
+    )
+    result["command"] = "segbench bench " + " ".join(argv if argv is not None else [])
+    print(report(result))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwritten: {out}")
+    return 0
