@@ -154,21 +154,24 @@ def test_the_cache_holds_what_the_files_decode_to(tmp_path, workers):
 
     root = make_folder_dataset(tmp_path / "data", n=6)
     base = [*FOLDER, f"dataset.source.root={root}", f"dataset.num_workers={workers}"]
-    loaded = {}
+    loaded, modules = {}, {}
     for mode in ("none", "ram"):
         cfg = compose_config("train", [*base, f"dataset.cache={mode}"], tmp_path)
         dm = build_datamodule(cfg.dataset, ["train", "val"])
-        loaded[mode] = _samples(dm, "train")
-        assert ("train" in dm.cached_bytes) is (mode == "ram")
+        dm.dataset("train")
+        loaded[mode] = _samples(dm, "val")  # no augmentation: the samples as decoded
+        modules[mode] = dm
+        assert ("train" in dm.cached_bytes and "val" in dm.cached_bytes) is (mode == "ram")
     assert len(loaded["ram"]) == len(loaded["none"]) > 0
     for (im_a, m_a, n_a), (im_b, m_b, n_b) in zip(loaded["ram"], loaded["none"]):
         assert n_a == n_b and torch.equal(im_a, im_b) and torch.equal(m_a, m_b)
-    # the files are not read again: removing them changes nothing
+    # the files are not read again: removed, the cached samples are still there, the others not
     for path in (root / "images").iterdir():
         path.unlink()
-    cfg = compose_config("train", [*base, "dataset.cache=ram"], tmp_path)
-    with pytest.raises(Exception, match="does not exist|exist"):
-        build_datamodule(cfg.dataset, ["train"]).dataset("train")
+    again = _samples(modules["ram"], "val")
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(again, loaded["ram"]))
+    with pytest.raises(Exception, match="image file does not exist"):
+        _samples(modules["none"], "val")
 
 
 def test_shapes_scenes_cached_and_auto_respects_the_memory(tmp_path, monkeypatch):
@@ -177,19 +180,20 @@ def test_shapes_scenes_cached_and_auto_respects_the_memory(tmp_path, monkeypatch
 
     small = ["dataset.subset={train: 12, val: 4, test: 4}", "dataset.num_workers=0"]
     cfg = compose_config("train", [*small, "dataset.cache=auto"], tmp_path)
-    dm = build_datamodule(cfg.dataset, ["train"])
-    cached = _samples(dm, "train")
-    assert dm.cached_bytes["train"] == 12 * (64 * 64 * 3 + 64 * 64)
+    dm = build_datamodule(cfg.dataset, ["train", "val"])
+    dm.dataset("train")
+    cached = _samples(dm, "val")  # no augmentation: the scenes as generated
+    assert dm.cached_bytes == {"train": 12 * (64 * 64 * 3 + 64 * 64), "val": 4 * 64 * 64 * 4}
     plain = build_datamodule(
-        compose_config("train", [*small, "dataset.cache=none"], tmp_path).dataset, ["train"]
+        compose_config("train", [*small, "dataset.cache=none"], tmp_path).dataset, ["val"]
     )
-    for a, b in zip(cached, _samples(plain, "train")):
+    for a, b in zip(cached, _samples(plain, "val")):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     monkeypatch.setattr(datamodule, "available_memory", lambda: 1000)  # nothing fits
     dm = build_datamodule(cfg.dataset, ["train"])
     dm.dataset("train")
     assert dm.cached_bytes == {}
-    with pytest.raises(ValueError, match=r"cache='disk'; expected one of auto, ram, none"):
+    with pytest.raises(Exception, match=r"cache='disk'; expected one of auto, ram, none"):
         build_datamodule(compose_config("train", ["dataset.cache=disk"], tmp_path).dataset, [])
     auto = compose_config("train", ["dataset.num_workers=null"], tmp_path)
     assert build_datamodule(auto.dataset, []).num_workers == datamodule.auto_workers() >= 1
