@@ -121,16 +121,17 @@ def test_ignore_index_none_counts_every_pixel():
 
 
 def test_hand_computed_two_pixels():
-    # pixel 1: p = (0.8, 0.2), label 0 -> right, conf 0.8; pixel 2: p = (0.5, 0.5), label 1 ->
-    # argmax 0 (first of a tie) wrong, conf 0.5
-    p = torch.tensor([[0.8, 0.5], [0.2, 0.5]], dtype=torch.float64).reshape(1, 2, 1, 2)
+    # pixel 1: p = (0.75, 0.25), label 0 -> right, conf 0.75; pixel 2: p = (0.5, 0.5), label 1
+    # -> argmax 0 (first of a tie) wrong, conf 0.5. (0.75, not 0.8: a confidence on a bin edge
+    # lands on either side depending on the CPU's exp/log rounding.)
+    p = torch.tensor([[0.75, 0.5], [0.25, 0.5]], dtype=torch.float64).reshape(1, 2, 1, 2)
     metric = Calibration(2, bins=10)
     metric.update(p.log(), torch.tensor([[[0, 1]]]))
     v = metric.compute()
-    assert v["ece"].item() == pytest.approx(0.5 * abs(1 - 0.8) + 0.5 * abs(0 - 0.5))
-    assert v["nll"].item() == pytest.approx(-(np.log(0.8) + np.log(0.5)) / 2)
-    assert v["brier"].item() == pytest.approx((2 * 0.2**2 + 2 * 0.5**2) / 2)
-    assert v["count"].tolist() == [0, 0, 0, 0, 0, 1, 0, 0, 1, 0]
+    assert v["ece"].item() == pytest.approx(0.5 * abs(1 - 0.75) + 0.5 * abs(0 - 0.5))
+    assert v["nll"].item() == pytest.approx(-(np.log(0.75) + np.log(0.5)) / 2)
+    assert v["brier"].item() == pytest.approx((2 * 0.25**2 + 2 * 0.5**2) / 2)
+    assert v["count"].tolist() == [0, 0, 0, 0, 0, 1, 0, 1, 0, 0]
 
 
 def test_confidence_of_one_goes_in_the_last_bin():

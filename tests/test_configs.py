@@ -242,6 +242,9 @@ def test_evaluate_config_composes(tmp_path):
     cfg = compose_config("evaluate", ["ckpt=some.ckpt"], tmp_path)
     assert cfg.ckpt == "some.ckpt" and cfg.get("model") is None
     # the dataset as trained: only the usual tweaks, unset (see evaluation_config)
-    assert "_target_" not in cfg.dataset and not any(cfg.dataset.values())
+    # (and no in-memory cache: one pass reads each image once)
+    tweaks = {k: v for k, v in cfg.dataset.items() if k != "cache"}
+    assert "_target_" not in cfg.dataset and not any(tweaks.values())
+    assert cfg.dataset.cache == "none"
     cfg = compose_config("evaluate", ["ckpt=x", "model=fcn8s", "dataset=shapes"], tmp_path)
     assert cfg.model.name == "fcn8s"

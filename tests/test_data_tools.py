@@ -41,6 +41,7 @@ def run_segbench(verb: str, *args: str, cwd: Path) -> subprocess.CompletedProces
 # --- the checker --------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 23 s; the checker in-process: the tests below
 def test_check_command_passes_a_clean_dataset_and_fails_a_broken_one(tmp_path, capsys):
     root = write_camvid(tmp_path / "CamVid")
     ok = run_segbench("check", "dataset=camvid", f"data_root={tmp_path}", cwd=tmp_path)

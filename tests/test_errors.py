@@ -83,11 +83,16 @@ def test_label_check_also_guards_each_loaded_sample(tmp_path):
         root,
         "dataset.check_on_setup=false",
         "dataset.eval_split=val",
+        "dataset.cache=none",
     )
     ds = instantiate(cfg.dataset).dataset("train")  # opened without scanning
     index = [mask.name for _, mask in ds.items].index("img01.png")
     with pytest.raises(ValueError, match=r"img01\.png.*\[7\]"):
         ds[index]
+    # with the in-memory cache every sample is checked as it is cached: refused at opening
+    cfg = folder_cfg(tmp_path, root, "dataset.check_on_setup=false", "dataset.cache=ram")
+    with pytest.raises(ValueError, match=r"img01\.png.*\[7\]"):
+        instantiate(cfg.dataset).dataset("train")
 
 
 def test_model_dataset_num_classes_mismatch(tmp_path):

@@ -79,6 +79,7 @@ def test_gan_checkpoint_evaluates_like_any_other(sweep, tmp_path):
     assert record["confusion_matrix"] == trained["confusion_matrix"]
 
 
+@pytest.mark.slow  # 27 s; the CRF itself: test_crf.py, test_crf_oracle.py
 def test_deeplabv1_checkpoint_evaluates_with_the_crf_variant(sweep, tmp_path):
     """``model=deeplabv1_crf`` adds CRF post-processing to a deeplabv1 checkpoint's weights."""
     _, trained = sweep["deeplabv1"]
