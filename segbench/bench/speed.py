@@ -43,6 +43,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from segbench.bench.report import report
 from segbench.config import parse_verb_args, verb_parser
 from segbench.engine.build import build_model
 from segbench.engine.fast import autocast_for
@@ -345,115 +346,6 @@ def bench_loop(cfg: DictConfig, steps: int, repeats: int) -> dict:
         "ratio": lightning / bare,
         "rounds": rates,
     }
-
-
-def _markdown(title: str, header: list[str], rows: list[list[str]]) -> str:
-    lines = [f"### {title}", "", "| " + " | ".join(header) + " |"]
-    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _mb(value: float | None) -> str:
-    return "—" if value is None else f"{value:.0f}"
-
-
-def report(result: dict) -> str:
-    """The console tables of a :func:`run` result."""
-    parts = []
-    m = result["machine"]
-    parts.append(
-        f"{result['model']}/{result['backbone']}, batch {result['batch']} × "
-        f"{result['size'][0]}×{result['size'][1]}, {result['num_classes']} classes, on "
-        f"{m['device']} ({m['torch_threads']} threads), torch {m['torch']}"
-    )
-    if "step" in result:
-        rows = [
-            [
-                r["variant"],
-                f"{r['images_per_s']:.2f}",
-                f"{r['ratio']:.2f}×",
-                _mb(r["peak_memory_mb"]),
-            ]
-            for r in result["step"]
-        ]
-        parts.append(
-            _markdown(
-                "Training step (ratio: images/s against fp32, same run)",
-                ["variant", "images/s", "ratio", "peak MB"],
-                rows,
-            )
-        )
-    if "loop" in result:
-        lp = result["loop"]
-        parts.append(
-            _markdown(
-                f"train.py's loop against a bare loop ({result['loop_config']})",
-                ["loop", "images/s", "ratio"],
-                [
-                    ["bare PyTorch", f"{lp['bare_images_per_s']:.1f}", "1.00"],
-                    ["train.py", f"{lp['train_py_images_per_s']:.1f}", f"{lp['ratio']:.3f}"],
-                ],
-            )
-        )
-    if "peers" in result:
-        pr = result["peers"]
-        if "note" in pr:
-            parts.append(f"### Peers\n\n{pr['note']}")
-        else:
-            rows = [
-                [
-                    r["variant"],
-                    f"{r['train_ratio']:.2f}",
-                    f"{r['inference_ratio']:.2f}",
-                    f"{r['segbench_params'] / 1e6:.1f}M / {r['peer_params'] / 1e6:.1f}M",
-                ]
-                for r in pr["rows"]
-            ]
-            parts.append(
-                _markdown(
-                    f"Against {pr['peer']} (speed ratio segbench ÷ peer; > 1: segbench faster)",
-                    ["variant", "train step", "inference (batch 1)", "params segbench / peer"],
-                    rows,
-                )
-            )
-    if "latency" in result:
-        rows = [
-            [r["variant"], f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['ratio']:.2f}×"]
-            for r in result["latency"]
-        ]
-        parts.append(
-            _markdown(
-                "Inference latency, batch 1 (warm-up, then timed passes; ratio: p50 speed-up)",
-                ["variant", "p50 ms", "p95 ms", "ratio"],
-                rows,
-            )
-        )
-    if "crf" in result:
-        crf = result["crf"]
-        if "note" in crf:
-            parts.append(f"### Dense CRF\n\n{crf['note']}")
-        else:
-            h, w = crf["size"]
-            rows = [
-                [
-                    str(r["labels"]),
-                    r["normalization"],
-                    f"{r['segbench_s']:.2f}",
-                    f"{r['pydensecrf2_s']:.2f}",
-                    f"{r['ratio']:.2f}",
-                    f"{100 * r['agreement']:.2f} %",
-                ]
-                for r in crf["rows"]
-            ]
-            parts.append(
-                _markdown(
-                    f"Dense CRF, {h}×{w}, 10 iterations, 1 thread: segbench against pydensecrf2",
-                    ["labels", "normalization", "segbench s", "pydensecrf2 s", "ratio", "agree"],
-                    rows,
-                )
-            )
-    return "\n\n".join(parts)
 
 
 def run(

@@ -327,17 +327,14 @@ class SegmentationDataset(Dataset, ABC):
         sizes = [sum(a.nbytes for a in self.load(i)[:2]) for i in picks]
         return int(np.ceil(sum(sizes) / len(sizes)))
 
-    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
-        cache = getattr(self, "_cache", None)
-        if cache is not None and index in cache:
-            image, mask, name = cache[index]
-            return image, mask, name
-        return self.load(index)
-
     def __getitem__(self, index: int) -> dict:
-        image, mask, name = self._read(index)
-        if not self.verified:  # a full scan already checked it: keep the loader's hot path lean
-            validate_sample(image.shape, mask, self.num_classes, self.ignore_index, name)
+        cached = self._cache.get(index) if self._cache is not None else None
+        if cached is not None:  # checked when it was cached (fill_cache)
+            image, mask, name = cached
+        else:
+            image, mask, name = self.load(index)
+            if not self.verified:  # a full scan already checked it: keep the hot path lean
+                validate_sample(image.shape, mask, self.num_classes, self.ignore_index, name)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         return {"image": image, "mask": mask, "name": name, "index": index}
