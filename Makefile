@@ -14,7 +14,7 @@ $(UV):
 		$(PYTHON) -m pip install --user --quiet --break-system-packages uv
 
 setup: $(UV)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 
 train: setup
 	$(RUN) python train.py $(ARGS)

@@ -281,9 +281,12 @@ def test_throughput_command_measures_three_rates(tmp_path):
     from segbench.bench.throughput import measure
 
     cfg = compose_config("train", ["debug=fast"], tmp_path / "run")
-    r = measure(cfg, batches=2, warmup=1)
+    r = measure(cfg, batches=2, warmup=1, rounds=3)
     for key in ("loader_images_per_s", "step_images_per_s", "end_to_end_images_per_s"):
         assert r[key] > 0
+    # the step alone and end to end in turns: each rate the median of its three rounds
+    assert r["step_images_per_s"] == sorted(r["rounds"]["step"])[1]
+    assert r["end_to_end_images_per_s"] == sorted(r["rounds"]["end_to_end"])[1]
     assert r["loader_over_step"] == pytest.approx(r["loader_images_per_s"] / r["step_images_per_s"])
     assert json.dumps(r)  # plain numbers, ready for a report
 

@@ -181,7 +181,9 @@ def test_a_scanned_dataset_is_not_checked_again_on_load(tmp_path, monkeypatch):
     import segbench.data.base as base
 
     root = make_folder_dataset(tmp_path / "data", n=4)
-    cfg = folder_cfg(tmp_path, root, "dataset.eval_split=val")
+    # not cached, so that every sample is read from its files (a cached one was checked when
+    # it was cached)
+    cfg = folder_cfg(tmp_path, root, "dataset.eval_split=val", "dataset.cache=none")
     ds = instantiate(cfg.dataset).dataset("train")  # check_on_setup: scanned when opened
     assert ds.verified
     calls = []

@@ -10,11 +10,13 @@ Measures, in one run on this machine, three rates in images per second:
 3. ``end-to-end``: training steps fed by the loader, as in a real run.
 
 ``loader / step`` above 1 means the loader produces images faster than a step consumes them;
-``end-to-end / step`` is the share of the step rate that real training reaches.
+``end-to-end / step`` is the share of the step rate that real training reaches. The step alone
+and end to end are measured in turns (``--rounds``), so that the machine's drift hits both.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 
@@ -37,8 +39,9 @@ def _endless(loader):
         yield from loader
 
 
-def measure(cfg, batches: int = 20, warmup: int = 3) -> dict:
-    """The three rates of ``cfg`` (a composed ``conf/train.yaml``)."""
+def measure(cfg, batches: int = 20, warmup: int = 3, rounds: int = 1) -> dict:
+    """The three rates of ``cfg`` (a composed ``conf/train.yaml``): the step alone and end to
+    end measured in turns, ``rounds`` times of ``batches`` batches each, and their medians."""
     dm = instantiate(cfg.dataset)
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -65,24 +68,27 @@ def measure(cfg, batches: int = 20, warmup: int = 3) -> dict:
     loader_rate = _rate(n, time.perf_counter() - start)
     batches_in.close()  # its workers stop prefetching
 
-    # 2. the step alone, on one batch in memory
-    for _ in range(warmup):
-        step(batch)
-    start = time.perf_counter()
-    for _ in range(batches):
-        step(batch)
-    step_rate = _rate(batches * len(batch["image"]), time.perf_counter() - start)
-
-    # 3. steps fed by the loader
+    # 2 and 3 in turns, ``rounds`` times, so that the machine's drift hits both; the medians
     batches_in = _endless(loader)
     step(next(batches_in))
-    n, start = 0, time.perf_counter()
-    for _ in range(batches):
-        b = next(batches_in)
-        step(b)
-        n += len(b["image"])
-    end_to_end = _rate(n, time.perf_counter() - start)
+    for _ in range(warmup):
+        step(batch)
+    step_rates, fed_rates = [], []
+    for _ in range(rounds):
+        # 2. the step alone, on one batch in memory
+        start = time.perf_counter()
+        for _ in range(batches):
+            step(batch)
+        step_rates.append(_rate(batches * len(batch["image"]), time.perf_counter() - start))
+        # 3. steps fed by the loader
+        n, start = 0, time.perf_counter()
+        for _ in range(batches):
+            b = next(batches_in)
+            step(b)
+            n += len(b["image"])
+        fed_rates.append(_rate(n, time.perf_counter() - start))
     batches_in.close()
+    step_rate, end_to_end = statistics.median(step_rates), statistics.median(fed_rates)
     return {
         "dataset": dm.name,
         "batch_size": dm.batch_size,
@@ -94,6 +100,7 @@ def measure(cfg, batches: int = 20, warmup: int = 3) -> dict:
         "end_to_end_images_per_s": end_to_end,
         "loader_over_step": loader_rate / step_rate,
         "end_to_end_over_step": end_to_end / step_rate,
+        "rounds": {"step": step_rates, "end_to_end": fed_rates},
     }
 
 
@@ -102,8 +109,17 @@ def main(argv: list[str] | None = None) -> int:
         "throughput", "Images/s of the training loader against the training step's consumption."
     )
     parser.add_argument("--batches", type=int, default=20, help="batches timed per rate")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="the step alone and end to end measured in turns this many times (medians)",
+    )
     args, cfg = parse_verb_args(parser, argv)
-    r = measure(cfg, batches=args.batches)
+    for name in ("batches", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    r = measure(cfg, batches=args.batches, rounds=args.rounds)
     h, w = r["image_size"]
     print(
         f"{r['dataset']}: batch {r['batch_size']} of {h}x{w}, {r['num_workers']} loader workers, "
@@ -114,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"end to end        {r['end_to_end_images_per_s']:8.1f} images/s")
     print(
         f"loader / step = {r['loader_over_step']:.2f}   "
-        f"end-to-end / step = {r['end_to_end_over_step']:.2f}"
+        f"end-to-end / step = {r['end_to_end_over_step']:.2f}   (medians of {args.rounds} "
+        "rounds in turns)"
     )
     return 0
 
