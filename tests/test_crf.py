@@ -207,3 +207,20 @@ def test_fallback_code_paths_match(monkeypatch):
     unpacked = DenseCRF(**LATTICE)(logits, image)
     assert torch.allclose(exact, chunked, atol=1e-5)
     assert torch.allclose(lattice, unpacked, atol=1e-5)
+
+
+def test_lattice_filters_channels_in_parts_as_one(monkeypatch):
+    """Filtering many channels a few at a time (CHANNELS_PER_PASS) gives what one pass over all
+    of them gives: columns never mix."""
+    import segbench.inference.permutohedral as lattice_module
+
+    gen = torch.Generator().manual_seed(5)
+    feats = torch.randn(300, 5, generator=gen) * 2
+    values = torch.rand(300, 7, generator=gen)
+    lattice = lattice_module.PermutohedralLattice(feats, torch.zeros(300, dtype=torch.long))
+    whole = lattice.filter(values)
+    monkeypatch.setattr(lattice_module, "CHANNELS_PER_PASS", 3)  # 7 channels as 3 + 2 + 2
+    parts = lattice.filter(values)
+    assert torch.allclose(whole, parts, rtol=1e-6, atol=1e-7)
+    for c in range(7):  # and each channel alone
+        assert torch.allclose(whole[:, c : c + 1], lattice.filter(values[:, c : c + 1]), atol=1e-7)

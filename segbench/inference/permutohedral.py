@@ -21,6 +21,10 @@ from torch import Tensor
 __all__ = ["PermutohedralLattice"]
 
 _MAX_CODE = 2**62  # packed lattice keys must stay below this
+# Channels filtered together. The blur's gathers read whole lattice rows; measured on one thread
+# at 360x480 (495k lattice points, a 32 MB L3), six blur passes take 0.03 s for 12 channels and
+# 0.17 s for 21, once the rows no longer fit in cache: 21 channels as 11 + 10 take 0.07 s.
+CHANNELS_PER_PASS = 12
 
 
 class PermutohedralLattice:
@@ -120,8 +124,17 @@ class PermutohedralLattice:
     def filter(self, values: Tensor) -> Tensor:
         """Splat ``values (M, C)``, blur, slice; returns ``(M, C)`` float32. Every stage is one
         weighted gather-and-sum (``embedding_bag``) with precomputed int64 indices and float32
-        weights, summed in a fixed order: deterministic on CPU."""
-        values = values.float().contiguous()  # gathers read whole rows
+        weights, summed in a fixed order: deterministic on CPU. Channels go through the lattice
+        at most ``CHANNELS_PER_PASS`` at a time (columns never mix, so this changes no sum)."""
+        values = values.float()
+        parts = math.ceil(values.shape[1] / CHANNELS_PER_PASS)
+        if parts <= 1:
+            return self._filter(values.contiguous())
+        return torch.cat(
+            [self._filter(part.contiguous()) for part in values.tensor_split(parts, dim=1)], 1
+        )
+
+    def _filter(self, values: Tensor) -> Tensor:
         lat = _bag_sum(values, *self.splat)
         for index, weight in zip(self.blur, self.blur_weight):
             lat = _bag_sum(lat, index, weight, None)
