@@ -12,7 +12,10 @@ The file, ``per_image.npz`` next to ``results.json`` (named there), holds:
 * ``counts``: ``(N, 3, K)`` unsigned integers (the smallest of uint8/16/32/64 that holds
   them), ``[:, 0]`` intersection, ``[:, 1]`` ground truth, ``[:, 2]`` predicted;
 * ``ids``: ``(N,)`` strings, each image's path relative to the dataset root (or its name);
-* ``classes``: ``(K,)`` class names; ``split`` and ``dataset``: strings.
+* ``classes``: ``(K,)`` class names; ``split`` and ``dataset``: strings;
+* with the boundary figures (``boundary.enabled``, :mod:`segbench.boundary`): ``bf`` ``(N, K)``
+  float64, each class's BF F1 in each image (NaN where its ground truth lacks the class), and
+  ``boundary_counts`` ``(N, 2, K)``, boundary IoU's intersection and union pixels.
 
 Rows are in dataset order. Under DDP every rank records its own images and rank 0 gathers and
 writes them once, so 1 and N processes write identical files.
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import math
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,7 @@ __all__ = [
 ]
 
 PER_IMAGE_FILE = "per_image.npz"
+_RESERVED = ("counts", "ids", "classes", "dataset", "split")
 
 
 def image_counts(
@@ -84,28 +88,52 @@ class PerImageRecorder:
         self._index: list[int] = []
         self._names: list[str] = []
         self._counts: list[np.ndarray] = []
+        self._extra: dict[str, list[np.ndarray]] = {}
 
-    def add(self, indices: Tensor | list[int], names: list[str], counts: Tensor) -> None:
-        """Record a batch: the images' dataset indices and names, and their ``(B, 3, K)``
-        counts (:func:`image_counts`)."""
+    def add(
+        self,
+        indices: Tensor | list[int],
+        names: list[str],
+        counts: Tensor,
+        extra: dict[str, Tensor] | None = None,
+    ) -> None:
+        """Record a batch: the images' dataset indices and names, their ``(B, 3, K)`` counts
+        (:func:`image_counts`) and any further per-image arrays (``extra``: name -> ``(B,
+        ...)``, e.g. the boundary figures of :mod:`segbench.boundary`), kept as they are."""
         indices = [int(i) for i in indices]
         if not len(indices) == len(names) == counts.shape[0]:
             raise ValueError(
                 f"{len(indices)} indices, {len(names)} names and {counts.shape[0]} count rows"
             )
+        extra = extra or {}
+        if self._index and set(extra) != set(self._extra):
+            raise ValueError(f"per-image arrays {sorted(extra)} after {sorted(self._extra)}")
+        for name, value in extra.items():
+            if value.shape[0] != len(indices):
+                raise ValueError(f"{name}: {value.shape[0]} rows for {len(indices)} images")
+            self._extra.setdefault(name, []).append(value.detach().cpu().numpy())
         self._index += indices
         self._names += [str(n) for n in names]
         self._counts.append(counts.detach().cpu().numpy().astype(np.int64))
 
     def gather(self, world_size: int = 1) -> tuple[list[str], np.ndarray]:
-        """``(names, counts (N, 3, K))`` of every process's images, sorted by dataset index.
+        """``(names, counts (N, 3, K))`` of every process's images, sorted by dataset index
+        (:meth:`gather_all` without the further arrays)."""
+        names, counts, _ = self.gather_all(world_size)
+        return names, counts
+
+    def gather_all(
+        self, world_size: int = 1
+    ) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+        """``(names, counts (N, 3, K), extra)`` of every process's images, sorted by dataset
+        index; ``extra`` holds each further per-image array, its rows in the same order.
 
         With ``world_size > 1`` this is a collective: every rank must call it.
 
         Raises:
             RuntimeError: an image was evaluated twice (by two ranks, or twice on one).
         """
-        rows = (self._index, self._names, self._counts)
+        rows = (self._index, self._names, self._counts, self._extra)
         if world_size > 1:
             parts: list = [None] * world_size
             torch.distributed.all_gather_object(parts, rows)
@@ -119,7 +147,11 @@ class PerImageRecorder:
             raise RuntimeError(f"images {twice} were evaluated more than once")
         order = np.argsort(np.asarray(index, dtype=np.int64), kind="stable")
         counts = np.concatenate(blocks) if blocks else np.zeros((0, 3, 0), dtype=np.int64)
-        return [names[i] for i in order], counts[order]
+        keys = sorted({k for p in parts for k in p[3]})
+        extra = {
+            k: np.concatenate([b for p in parts for b in p[3].get(k, [])])[order] for k in keys
+        }
+        return [names[i] for i in order], counts[order], extra
 
 
 def image_id(name: str, root: str | Path | None) -> str:
@@ -144,6 +176,8 @@ class PerImage:
         dataset: the dataset's name.
         split: the evaluated split.
         path: the file it was read from.
+        extra: further per-image arrays (``bf (N, K)``, ``boundary_counts (N, 2, K)`` when the
+            evaluation computed the boundary figures), rows in the same order.
     """
 
     ids: list[str]
@@ -152,6 +186,7 @@ class PerImage:
     dataset: str
     split: str
     path: Path | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     def figures(self) -> dict[str, Tensor]:
         """The dataset-level figures of all the images (:func:`metrics_from_counts`)."""
@@ -174,8 +209,10 @@ def write_per_image(
     classes: list[str],
     dataset: str,
     split: str,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write the per-image file (compressed ``.npz``); refuses to overwrite one."""
+    """Write the per-image file (compressed ``.npz``); refuses to overwrite one. ``extra``:
+    further per-image arrays, one row per id, stored under their names."""
     path = Path(path)
     counts = np.asarray(counts)
     if counts.ndim != 3 or counts.shape[1] != 3 or counts.shape[2] != len(classes):
@@ -184,6 +221,10 @@ def write_per_image(
         raise ValueError(f"{len(ids)} ids for {counts.shape[0]} rows of counts")
     if (counts < 0).any():
         raise ValueError("counts must be >= 0")
+    extra = {k: np.asarray(v) for k, v in (extra or {}).items()}
+    for name, value in extra.items():
+        if name in _RESERVED or value.shape[:1] != (len(ids),):
+            raise ValueError(f"per-image array {name!r}: a new name and {len(ids)} rows needed")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "xb") as f:  # never replaces an earlier run's file
         np.savez_compressed(
@@ -193,6 +234,7 @@ def write_per_image(
             classes=np.asarray(classes, dtype=str),
             dataset=np.asarray(dataset),
             split=np.asarray(split),
+            **extra,
         )
     return path
 
@@ -217,6 +259,7 @@ def read_per_image(path: str | Path) -> PerImage:
             classes = [str(c) for c in data["classes"]]
             dataset = str(data["dataset"]) if "dataset" in data.files else "?"
             split = str(data["split"]) if "split" in data.files else "?"
+            extra = {k: data[k] for k in data.files if k not in _RESERVED}
     except ValueError as err:
         raise ValueError(f"{path}: not a segbench per-image file ({err})") from err
     except (OSError, EOFError, zipfile.BadZipFile) as err:  # not a zip, or cut short
@@ -226,7 +269,10 @@ def read_per_image(path: str | Path) -> PerImage:
             f"{path}: counts {counts.shape} do not match {len(ids)} ids and {len(classes)} "
             "classes (expected (ids, 3, classes))"
         )
-    return PerImage(ids, counts, classes, dataset, split, path)
+    for name, value in extra.items():
+        if value.shape[:1] != (len(ids),):
+            raise ValueError(f"{path}: {name} has {value.shape[0]} rows for {len(ids)} ids")
+    return PerImage(ids, counts, classes, dataset, split, path, extra)
 
 
 def _finite(value: float) -> float | None:

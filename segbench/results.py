@@ -66,13 +66,28 @@ def build_results(
     per_image: dict | None = None,
     intervals: dict | None = None,
     calibration: dict | None = None,
+    instance_note: str | None = None,
 ) -> dict:
-    """Assemble the results record. ``figures`` is ``SegmentationTask.results[split]``."""
+    """Assemble the results record. ``figures`` is ``SegmentationTask.results[split]`` (its
+    ``boundary`` entry, when the evaluation computed the boundary figures, gives ``bf``,
+    ``boundary_iou`` and their per-class values)."""
     per_class = lambda key: {  # noqa: E731
         name: _nan_to_none(v) for name, v in zip(class_names, figures[key])
     }
+    edges = figures.get("boundary")
+    if edges is None:
+        boundary = {"computed": False, "why": "boundary.enabled=false: not computed"}
+        edges = {"bf_per_class": [None] * len(class_names)}
+        edges["boundary_iou_per_class"] = edges["bf_per_class"]
+    else:
+        boundary = {
+            "computed": True,
+            "bf_tolerance": edges["bf_tolerance"],
+            "iou_dilation": edges["iou_dilation"],
+            "bf_images": edges["bf_images"],
+        }
     git = git_state()
-    return {
+    record = {
         "schema_version": SCHEMA_VERSION,
         "kind": kind,
         "model": model,
@@ -94,7 +109,12 @@ def build_results(
             "per_class_iou": per_class("iou"),
             "per_class_dice": per_class("dice"),
             "per_class_acc": per_class("acc"),
+            "bf": edges.get("bf"),
+            "boundary_iou": edges.get("boundary_iou"),
+            "per_class_bf": dict(zip(class_names, edges["bf_per_class"])),
+            "per_class_boundary_iou": dict(zip(class_names, edges["boundary_iou_per_class"])),
         },
+        "boundary": boundary,
         "per_image": per_image,
         "intervals": intervals,
         "calibration": calibration,
@@ -113,6 +133,29 @@ def build_results(
         "git_dirty": git["dirty"],
         "config": config,
     }
+    city = figures.get("cityscapes")
+    if city is not None:
+        record["cityscapes"] = _cityscapes_record(city, instance_note)
+        metrics = record["metrics"]
+        metrics["category_mIoU"] = city["category_iou"]["mean"]
+        iiou = city.get("iiou") or {}
+        metrics["iIoU"] = iiou.get("mean")
+        metrics["category_iIoU"] = iiou.get("category_mean")
+    return record
+
+
+def _cityscapes_record(city: dict, instance_note: str | None) -> dict:
+    """``results.json``'s ``cityscapes`` entry: category IoU, and iIoU or why it is absent."""
+    out = {
+        "category_iou": city["category_iou"]["categories"],
+        "category_mIoU": city["category_iou"]["mean"],
+    }
+    if "iiou" in city:
+        out["iiou"] = {"computed": True, **city["iiou"]}
+    else:
+        why = instance_note or "the evaluated samples carried no instance ids"
+        out["iiou"] = {"computed": False, "why": f"iIoU not computed: {why}"}
+    return out
 
 
 def write_results(directory: str | Path, results: dict) -> Path:
@@ -141,20 +184,39 @@ def format_table(results: dict) -> str:
         f"{results['model']} / {results['backbone']} on {results['dataset']} "
         f"({results['split']}, {results['num_images']} images, {results['eval_mode']})"
     )
-    lines = [title, f"{'class':<{width}}  {'IoU %':>6}  {'Dice %':>6}  {'Acc %':>6}"]
+    bf = (results.get("boundary") or {}).get("computed", False)
+    header = f"{'class':<{width}}  {'IoU %':>6}  {'Dice %':>6}  {'Acc %':>6}"
+    lines = [title, header + (f"  {'BF %':>6}  {'bIoU %':>6}" if bf else "")]
     lines.append("-" * len(lines[-1]))
     for name in names:
-        lines.append(
+        line = (
             f"{name:<{width}}  {fmt(m['per_class_iou'][name])}  "
             f"{fmt(m['per_class_dice'][name])}  {fmt(m['per_class_acc'][name])}"
         )
+        if bf:
+            line += f"  {fmt(m['per_class_bf'][name])}  {fmt(m['per_class_boundary_iou'][name])}"
+        lines.append(line)
     lines.append("-" * len(lines[1]))
-    for key, label in (
+    summary = [
         ("mIoU", "mIoU"),
         ("mDice", "mDice"),
         ("mean_acc", "mean acc"),
         ("pixel_acc", "pixel acc"),
         ("fwIoU", "fwIoU"),
-    ):
-        lines.append(f"{label:<{width}}  {fmt(m[key])}")
+    ]
+    if bf:
+        summary += [("bf", "BF"), ("boundary_iou", "boundary IoU")]
+    for key, label in summary:
+        lines.append(f"{label:<{width}}  {fmt(m.get(key))}")
+    if not bf and "boundary" in results:
+        lines.append(f"BF, boundary IoU: {results['boundary'].get('why', 'not computed')}")
+    city = results.get("cityscapes")
+    if city is not None:
+        lines.append(f"{'category mIoU':<{width}}  {fmt(city['category_mIoU'])}")
+        iiou = city["iiou"]
+        if iiou["computed"]:
+            lines.append(f"{'iIoU':<{width}}  {fmt(iiou['mean'])}")
+            lines.append(f"{'category iIoU':<{width}}  {fmt(iiou['category_mean'])}")
+        else:
+            lines.append(iiou["why"])
     return "\n".join(lines)

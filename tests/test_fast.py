@@ -290,3 +290,18 @@ def test_a_deferred_finite_check_still_names_the_first_bad_step(tmp_path):
     task.defer_finite_checks = False  # the CPU's default: at once
     with pytest.raises(FloatingPointError, match=r"train/loss is inf at step 4"):
         task._check_finite("train/loss", torch.tensor(float("inf")))
+
+
+def test_bench_boundary_section_times_both_and_reports():
+    from segbench.bench.boundary import bench_boundary
+    from segbench.bench.report import report
+
+    result = bench_boundary(cases=(((36, 48), 5), ((40, 80), 7)), repeats=1)
+    assert [(r["size"], r["classes"]) for r in result["rows"]] == [([36, 48], 5), ([40, 80], 7)]
+    for row in result["rows"]:
+        assert row["boundary_s"] > 0 and row["counts_s"] > 0 and row["ratio"] > 0
+    assert result["options"] == {"bf_tolerance": 0.0075, "iou_dilation": 0.02}
+    text = report({"model": "m", "backbone": "b", "num_classes": 5, "batch": 1, "size": [8, 8],
+                   "machine": {"device": "cpu", "torch_threads": 1, "torch": "x"},
+                   "boundary": result})  # fmt: skip
+    assert "| 36×48 | 5 |" in text and "Boundary figures" in text

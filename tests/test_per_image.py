@@ -157,3 +157,24 @@ def test_write_never_overwrites_and_read_names_bad_files(tmp_path):
         read_per_image(other)
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         read_per_image(tmp_path / "missing.npz")
+
+
+def test_further_arrays_follow_the_rows_and_round_trip(tmp_path):
+    """The boundary (and iIoU) arrays are recorded beside the counts, joined in dataset order,
+    written and read back unchanged; a name of the file's own keys is refused."""
+    rec = PerImageRecorder()
+    counts = torch.ones(2, 3, 2, dtype=torch.long)
+    rec.add([2, 0], ["c", "a"], counts, {"bf": torch.tensor([[0.5, 1.0], [0.25, math.nan]])})
+    rec.add([1], ["b"], counts[:1], {"bf": torch.tensor([[0.0, 0.75]])})
+    names, joined, extra = rec.gather_all()
+    assert names == ["a", "b", "c"]
+    np.testing.assert_array_equal(extra["bf"], [[0.25, np.nan], [0.0, 0.75], [0.5, 1.0]])
+    with pytest.raises(ValueError, match="per-image arrays"):
+        rec.add([5], ["e"], counts[:1])  # the other batches had bf
+    path = write_per_image(tmp_path / "p.npz", names, joined, ["x", "y"], "d", "val", extra)
+    back = read_per_image(path)
+    np.testing.assert_array_equal(back.extra["bf"], extra["bf"])
+    with pytest.raises(ValueError, match="'counts'"):
+        write_per_image(
+            tmp_path / "q.npz", names, joined, ["x", "y"], "d", "val", {"counts": joined}
+        )

@@ -115,6 +115,25 @@ def report(result: dict) -> str:
                     rows,
                 )
             )
+    if "boundary" in result:
+        rows = [
+            [
+                f"{r['size'][0]}×{r['size'][1]}",
+                str(r["classes"]),
+                f"{r['boundary_s']:.3f}",
+                f"{r['counts_s']:.4f}",
+                f"{r['ratio']:.0f}×",
+            ]
+            for r in result["boundary"]["rows"]
+        ]
+        parts.append(
+            _markdown(
+                f"Boundary figures (BF + boundary IoU) per image, {result['boundary']['threads']}"
+                " threads, against the pixel counts of the other figures",
+                ["size", "classes", "boundary s", "counts s", "ratio"],
+                rows,
+            )
+        )
     if "crf" in result and _note("Dense CRF", result["crf"]):
         parts.append(_note("Dense CRF", result["crf"]))
     return "\n\n".join(parts)

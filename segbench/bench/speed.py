@@ -22,6 +22,8 @@ Sections (``--sections``; the first four by default):
 
 5. ``crf`` (only when asked): the dense CRF against Krähenbühl's C++ implementation
    (``pydensecrf2``) on one thread at ``--crf-size`` (:mod:`segbench.bench.crf`).
+6. ``boundary`` (only when asked): seconds per image of the BF score and boundary IoU at
+   360x480 and 1024x2048, against the pixel counts (:mod:`segbench.bench.boundary`).
 
 Prints one Markdown table per section and writes everything to ``--out`` (JSON).
 """
@@ -60,7 +62,7 @@ VARIANTS: dict[str, tuple[str, bool, bool]] = {
     "compile": ("32-true", False, True),
     "bf16+channels_last+compile": ("bf16-mixed", True, True),
 }
-SECTIONS = ("step", "loop", "peers", "latency", "crf")
+SECTIONS = ("step", "loop", "peers", "latency", "crf", "boundary")
 DEFAULT_SECTIONS = ("step", "loop", "peers", "latency")
 
 
@@ -406,6 +408,10 @@ def run(
         from segbench.bench.crf import bench_crf
 
         result["crf"] = bench_crf(crf_size, repeats=repeats)
+    if "boundary" in sections:
+        from segbench.bench.boundary import bench_boundary
+
+        result["boundary"] = bench_boundary(repeats=repeats)
     if "loop" in sections:
         result["loop_config"] = (
             f"{cfg.model.name}/{cfg.backbone.name} on {cfg.dataset.name}, batch "

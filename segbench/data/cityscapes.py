@@ -7,6 +7,7 @@ unpack)::
       leftImg8bit/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
       gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
                                      <city>_<seq>_<frame>_gtFine_labelTrainIds.png   (optional)
+                                     <city>_<seq>_<frame>_gtFine_instanceIds.png     (iIoU)
 
 The ``*_gtFine_labelIds.png`` files hold the 34 Cityscapes label ids (0-33); they are mapped to
 the 19 train ids (255 for the rest) while loading, by the official table. With
@@ -21,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 from torchvision.datasets import Cityscapes
 
 from segbench.data.base import DataError, FilePairDataset, dataset_root, label_values, read_image
@@ -37,6 +40,7 @@ __all__ = [
 ]
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
+INSTANCE_SUFFIX = "_gtFine_instanceIds.png"
 LABEL_FILES = ("labelIds", "labelTrainIds")
 NUM_LABEL_IDS = 34  # label ids 0..33; "license plate" (-1) never appears in the label files
 LAYOUT = (
@@ -122,6 +126,9 @@ class CityscapesDataset(FilePairDataset):
             )
         self.layout_problems = self._pairing_problems(images, masks, mask_suffix)
         self.items = [(images[k], masks[k]) for k in sorted(set(images) & set(masks))]
+        # whether samples carry their instance ids (``instance``): the data module turns it on
+        # for the evaluated splits when every sample has its *_gtFine_instanceIds.png
+        self.with_instances = False
 
     @staticmethod
     def _files(directory: Path, suffix: str) -> dict[str, Path]:
@@ -219,3 +226,48 @@ class CityscapesDataset(FilePairDataset):
 
     def label_settings(self) -> tuple:
         return (self.label_files, self.lut.tobytes())
+
+    # ------------------------------------------------------------------ instances (iIoU)
+
+    def instance_path(self, index: int) -> Path:
+        """The ``*_gtFine_instanceIds.png`` beside sample ``index``'s label file."""
+        mask_path = self.items[index][1]
+        stem = mask_path.name[: -len(f"_gtFine_{self.label_files}.png")]
+        return mask_path.with_name(f"{stem}{INSTANCE_SUFFIX}")
+
+    def instances_missing(self) -> str | None:
+        """Why the instance-weighted IoU cannot be computed on this split (the first missing
+        ``*_gtFine_instanceIds.png``), or ``None`` when every sample has its file."""
+        missing = [self.instance_path(i) for i in range(len(self.items))]
+        missing = [p for p in missing if not p.is_file()]
+        if not missing:
+            return None
+        return (
+            f"{len(missing)} of {len(self.items)} samples lack their instance file, e.g. "
+            f"{missing[0]} (gtFine_trainvaltest.zip holds them)"
+        )
+
+    def read_instances(self, index: int) -> np.ndarray:
+        """Sample ``index``'s instance ids ``(H, W)`` int32 (label id x 1000 + n on instances)."""
+        path = self.instance_path(index)
+        try:
+            with Image.open(path) as im:
+                ids = np.asarray(im, dtype=np.int32)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: unreadable instance file ({err})") from err
+        if ids.ndim != 2:
+            raise DataError(f"{path}: an instance file holds one channel, got shape {ids.shape}")
+        return ids
+
+    def __getitem__(self, index: int) -> dict:
+        sample = super().__getitem__(index)
+        if self.with_instances:
+            ids = self.read_instances(index)
+            if ids.shape != tuple(sample["mask"].shape[-2:]):
+                raise DataError(
+                    f"{self.instance_path(index)}: instance ids {ids.shape} but the labels are "
+                    f"{tuple(sample['mask'].shape[-2:])} after the evaluation's transform; iIoU "
+                    "needs the labels at their own size (dataset.eval_transform.resize=null)"
+                )
+            sample["instance"] = torch.from_numpy(ids)
+        return sample

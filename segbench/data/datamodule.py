@@ -136,6 +136,9 @@ class SegDataModule(pl.LightningDataModule):
         self.num_workers = auto_workers() if num_workers is None else num_workers
         self.cache = cache
         self.cached_bytes: dict[str, int] = {}  # split -> bytes held in memory
+        # evaluated split -> why its samples carry no instance ids (Cityscapes' iIoU), None
+        # when they do; absent for datasets without instances
+        self.instance_notes: dict[str, str | None] = {}
         self.train_transform = SegTransform(ignore_index, mean, std, **(train_transform or {}))
         self.eval_transform = SegTransform(ignore_index, mean, std, **(eval_transform or {}))
         self.pin_memory = pin_memory
@@ -172,8 +175,21 @@ class SegDataModule(pl.LightningDataModule):
             if self.check_on_setup:
                 ds.check_all(desc=f"checking {self.name}/{split}")
             self._cache_split(split, ds)
+            self._instances(split, ds)
             self._datasets[split] = ds
         return self._datasets[split]
+
+    def _instances(self, split: str, ds) -> None:
+        """Evaluated splits of a dataset with instance files (Cityscapes) carry their instance
+        ids when every sample has its file and the labels keep their size."""
+        base = ds.dataset if isinstance(ds, _First) else ds
+        if split == "train" or not hasattr(base, "instances_missing"):
+            return
+        why = base.instances_missing()
+        if why is None and getattr(self.eval_transform, "resize", None) is not None:
+            why = "dataset.eval_transform.resize changes the labels' size"
+        base.with_instances = why is None
+        self.instance_notes[split] = why
 
     def _cache_split(self, split: str, ds) -> None:
         """Fill the in-memory cache of ``split`` as ``cache`` says."""

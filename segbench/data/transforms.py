@@ -196,9 +196,12 @@ def collate(batch: list[dict]) -> dict:
             "(dataset.eval_transform.resize=[H,W]), or evaluate one image at a time "
             "(dataset.eval_batch_size=1)"
         )
-    return {
+    out = {
         "image": torch.stack([s["image"] for s in batch]),
         "mask": torch.stack([s["mask"] for s in batch]),
         "name": [s["name"] for s in batch],
         "index": torch.tensor([s["index"] for s in batch], dtype=torch.long),
     }
+    if all("instance" in s for s in batch):  # Cityscapes' instance ids, for iIoU
+        out["instance"] = torch.stack([s["instance"] for s in batch])
+    return out

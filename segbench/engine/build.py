@@ -14,6 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_info
 
+from segbench.boundary import BoundaryOptions
 from segbench.data.datamodule import SegDataModule
 from segbench.data.stats import class_weights
 from segbench.engine.resume import AtomicCheckpointIO, RunState
@@ -156,6 +157,7 @@ def build_task(
         inference=inference,
         fast=OmegaConf.to_container(cfg.fast) if cfg.get("fast") is not None else None,
         val_inference=validation_inference(inference, cfg.get("val_inference")),
+        boundary=BoundaryOptions.from_config(cfg.get("boundary")),
     )
 
 

@@ -56,6 +56,7 @@ RESUMABLE_KEYS = (
     "callbacks",
     "inference",
     "bootstrap",
+    "boundary",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
     "dataset.num_workers",

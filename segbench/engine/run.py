@@ -102,8 +102,14 @@ def _train(cfg: DictConfig) -> dict:
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    """Evaluate a checkpoint on a split and write ``results.json``."""
+    """Evaluate a checkpoint on a split and write ``results.json``; with
+    ``format_only=true`` write the evaluation server's files instead (no labels read,
+    :mod:`segbench.engine.submit`)."""
     with _held_run(cfg):
+        if cfg.get("format_only"):
+            from segbench.engine.submit import submit
+
+            return submit(cfg)
         return _evaluate(cfg)
 
 
@@ -113,8 +119,11 @@ def _evaluate(cfg: DictConfig) -> dict:
     split = cfg.get("split") or run_cfg.dataset.eval_split
 
     dm = build_datamodule(run_cfg.dataset, [split], seed=cfg.seed)
-    # the evaluation's own speed options (fast.*), not the training's
+    # the evaluation's own speed options (fast.*) and boundary figures (boundary.*), not the
+    # training's
     speed = {"fast": OmegaConf.to_container(cfg.fast) if cfg.get("fast") is not None else None}
+    if cfg.get("boundary") is not None:
+        speed["boundary"] = OmegaConf.to_container(cfg.boundary)
     task_cfg = OmegaConf.merge(run_cfg, {"optimizer": None, "scheduler": None}, speed)
     task = build_task(task_cfg, dm, build_model(run_cfg.model))
     load_weights(task, state_dict, str(cfg.ckpt), run_cfg.model.get("name"))
@@ -124,7 +133,7 @@ def _evaluate(cfg: DictConfig) -> dict:
         OmegaConf.merge(
             run_cfg,
             {"ckpt": str(cfg.ckpt), "split": split, "trainer": cfg.trainer},
-            {"fast": speed["fast"]},
+            speed,
         ),
         resolve=True,
     )

@@ -122,10 +122,17 @@ def score(
         per_image={"file": PER_IMAGE_FILE, **summarize(ids, counts)},
         intervals=_intervals(counts, dm.class_names, run.bootstrap),
         calibration=figures.get("calibration"),
+        instance_note=getattr(dm, "instance_notes", {}).get(split),
     )
     if trainer.is_global_zero:
         write_per_image(
-            Path(run.output_dir) / PER_IMAGE_FILE, ids, counts, dm.class_names, dm.name, split
+            Path(run.output_dir) / PER_IMAGE_FILE,
+            ids,
+            counts,
+            dm.class_names,
+            dm.name,
+            split,
+            extra=figures.get("per_image_extra"),
         )
         path = write_results(run.output_dir, results)
         print(f"\n{format_table(results)}\n\nresults written to {path}")

@@ -6,6 +6,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
@@ -13,7 +14,10 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
 from segbench import __version__
+from segbench.boundary import BoundaryOptions, boundary_figures, boundary_stats
 from segbench.calibration import Calibration, calibration_record
+from segbench.cityscapes_metrics import category_iou, instance_iou, instance_sums
+from segbench.data.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
 from segbench.engine.fast import check_fast, prepare_batch, prepare_model
 from segbench.metrics import ConfusionMatrix, class_map
 from segbench.models.base import segmenter_of
@@ -56,6 +60,9 @@ class SegmentationTask(pl.LightningModule):
             ``inference`` unless ``val_inference.*`` says otherwise.
         fast: the speed options of :mod:`segbench.engine.fast` (``channels_last``,
             ``compile``); they change no figure beyond floating-point rounding.
+        boundary: whether and how the test loop computes the boundary figures (BF score,
+            boundary IoU; :class:`~segbench.boundary.BoundaryOptions`, the ``boundary.*``
+            keys); ``None``: the defaults, on.
     """
 
     # whether each backward pass leaves some parameters without a gradient (DDP must then look
@@ -78,9 +85,13 @@ class SegmentationTask(pl.LightningModule):
         inference: Callable[[nn.Module, Tensor], dict[str, Tensor]] | None = None,
         fast: Mapping[str, bool] | None = None,
         val_inference: Callable[[nn.Module, Tensor], dict[str, Tensor]] | None = None,
+        boundary: BoundaryOptions | Mapping | None = None,
     ) -> None:
         super().__init__()
         self.fast = check_fast(fast)
+        if not isinstance(boundary, BoundaryOptions):
+            boundary = BoundaryOptions.from_config(boundary)
+        self.boundary = boundary
         self.inference = inference
         self.val_inference = val_inference
         # the first non-finite step of each checked loss, kept on the device (_check_finite)
@@ -217,10 +228,18 @@ class SegmentationTask(pl.LightningModule):
         self.metrics[metric].update(out["out"], batch["mask"])
         if metric == "test":
             self.calibration.update(out["out"], batch["mask"])
-            counts = image_counts(
-                class_map(out["out"]), batch["mask"], self.num_classes, self.ignore_index
-            )
-            self.per_image.add(batch["index"], batch["name"], counts)
+            pred = class_map(out["out"])
+            counts = image_counts(pred, batch["mask"], self.num_classes, self.ignore_index)
+            extra = {}
+            if self.boundary.enabled:
+                bf, boundary_counts = boundary_stats(
+                    pred, batch["mask"], self.num_classes, self.ignore_index, self.boundary
+                )
+                extra = {"bf": bf, "boundary_counts": boundary_counts}
+            if "instance" in batch:  # Cityscapes' instance ids: the sums of its iIoU
+                classes, categories = instance_sums(pred, batch["instance"], self.num_classes)
+                extra["instance_classes"], extra["instance_categories"] = classes, categories
+            self.per_image.add(batch["index"], batch["name"], counts, extra)
         return out
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -275,13 +294,48 @@ class SegmentationTask(pl.LightningModule):
         prefix = self.eval_split
         self._log_metrics("test", prefix)
         world = self.trainer.world_size if self._trainer is not None else 1
-        self.results[prefix]["per_image"] = self.per_image.gather(world)
+        names, counts, extra = self.per_image.gather_all(world)
+        self.results[prefix]["per_image"] = (names, counts)
+        self.results[prefix]["per_image_extra"] = extra
         self.per_image.reset()
+        if "bf" in extra:  # every rank holds every image's rows: the same figures everywhere
+            record = boundary_figures(extra["bf"], extra["boundary_counts"])
+            record["bf_tolerance"] = self.boundary.bf_tolerance
+            record["iou_dilation"] = self.boundary.iou_dilation
+            self.results[prefix]["boundary"] = record
+            self.log_dict(
+                {
+                    f"{prefix}/{k}": record[k]
+                    for k in ("bf", "boundary_iou")
+                    if record[k] is not None
+                }
+            )
+        if self.class_names == CITYSCAPES_CLASSES:
+            self._cityscapes_figures(prefix, extra)
         calibration = calibration_record(self.calibration.compute())  # summed over ranks
         self.calibration.reset()
         self.results[prefix]["calibration"] = calibration
         logged = {k: calibration[k] for k in ("ece", "nll", "brier")}
         self.log_dict({f"{prefix}/{k}": v for k, v in logged.items() if v is not None})
+
+    def _cityscapes_figures(self, prefix: str, extra: dict) -> None:
+        """Category IoU, and iIoU when the samples carried instance ids, as cityscapesScripts
+        computes them (:mod:`segbench.cityscapes_metrics`); logged and kept in ``results``."""
+        confusion = np.asarray(self.results[prefix]["confusion_matrix"])
+        record = {"category_iou": category_iou(confusion)}
+        logged = {f"{prefix}/category_mIoU": record["category_iou"]["mean"]}
+        if "instance_classes" in extra:
+            iiou = instance_iou(
+                confusion,
+                extra["instance_classes"],
+                extra["instance_categories"],
+                self.class_names,
+            )
+            record["iiou"] = iiou
+            logged[f"{prefix}/iIoU"] = iiou["mean"]
+            logged[f"{prefix}/category_iIoU"] = iiou["category_mean"]
+        self.results[prefix]["cityscapes"] = record
+        self.log_dict({k: v for k, v in logged.items() if v is not None})
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())

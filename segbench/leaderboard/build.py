@@ -19,6 +19,7 @@ __all__ = [
     "METRIC_CHOICES",
     "RUN_IDENTITY_KEYS",
     "LeaderboardWarning",
+    "PRESETS",
     "build_tables",
     "check_names",
     "configuration",
@@ -27,10 +28,29 @@ __all__ = [
 
 # column choices, in table order ("classes": one IoU column per class)
 METRIC_CHOICES = (
-    *("mIoU", "classes", "pixel_acc", "mean_acc", "fwIoU", "mDice"),
+    *("mIoU", "classes", "pixel_acc", "mean_acc", "fwIoU", "mDice", "bf", "boundary_iou"),
+    *("iIoU", "category_mIoU", "category_iIoU"),
     *("ece", "nll", "brier", "params", "gflops", "throughput", "eval_mode", "date"),
 )
-DEFAULT_METRICS = tuple(m for m in METRIC_CHOICES if m not in ("fwIoU", "mDice"))
+DEFAULT_METRICS = tuple(
+    m
+    for m in METRIC_CHOICES
+    if m not in ("fwIoU", "mDice", "bf", "boundary_iou", "iIoU", "category_mIoU", "category_iIoU")
+)
+# tables laid out as a paper prints them: the columns in this order, under these headers
+# (``classes`` first when class columns are asked for)
+PRESETS = {
+    # SegNet (Badrinarayanan et al., TPAMI 2017), CamVid: global accuracy, class average
+    # accuracy, mIoU, BF
+    "segnet": (("pixel_acc", "G"), ("mean_acc", "C"), ("mIoU", "mIoU"), ("bf", "BF")),
+    # the Cityscapes benchmark: IoU and iIoU of classes and of categories
+    "cityscapes": (
+        ("mIoU", "IoU class"),
+        ("iIoU", "iIoU class"),
+        ("category_mIoU", "IoU category"),
+        ("category_iIoU", "iIoU category"),
+    ),
+}
 # (key, header, kind) of the columns other than the classes'
 COLUMNS = {
     "mIoU": ("mIoU", "score"),
@@ -38,6 +58,11 @@ COLUMNS = {
     "mean_acc": ("mean acc", "score"),
     "fwIoU": ("fwIoU", "score"),
     "mDice": ("mDice", "score"),
+    "bf": ("BF", "score"),
+    "boundary_iou": ("boundary IoU", "score"),
+    "iIoU": ("iIoU", "score"),
+    "category_mIoU": ("category mIoU", "score"),
+    "category_iIoU": ("category iIoU", "score"),
     "ece": ("ECE", "lower_score"),  # calibration: lower is better
     "nll": ("NLL", "lower"),
     "brier": ("Brier", "lower"),
@@ -209,10 +234,20 @@ def check_names(kind: str, names: Sequence[str], allowed: Sequence[str]) -> list
     return list(names)
 
 
-def _columns(metrics: Sequence[str], shown: list[str], rows: list[Row], merged: bool) -> list:
+def _columns(
+    metrics: Sequence[str],
+    shown: list[str],
+    rows: list[Row],
+    merged: bool,
+    preset: str | None = None,
+) -> list:
     columns = [Column("method", "method", "text")]
     columns.append(Column("n", "n", "int") if merged else Column("seed", "seed", "int"))
-    for key in (m for m in METRIC_CHOICES if m in metrics):
+    headers = dict(PRESETS[preset]) if preset else {}
+    order = list(headers) if preset else [m for m in METRIC_CHOICES if m in metrics]
+    if preset and "classes" in metrics:
+        order.insert(0, "classes")
+    for key in order:
         if key == "classes":
             columns += [Column(f"iou/{c}", c, "score") for c in shown]
         elif key in ("ece", "nll", "brier", "params", "gflops", "throughput") and all(
@@ -220,7 +255,8 @@ def _columns(metrics: Sequence[str], shown: list[str], rows: list[Row], merged: 
         ):
             continue  # where measured: left out when no row has it
         elif key != "date" or any(r.date for r in rows):
-            columns.append(Column(key, *COLUMNS[key]))
+            header, kind = COLUMNS[key]
+            columns.append(Column(key, headers.get(key, header), kind))
     return columns
 
 
@@ -235,6 +271,7 @@ def build_tables(
     classes: Sequence[str] | None = None,
     percent: bool = True,
     merge_seeds: bool = True,
+    preset: str | None = None,
 ) -> list[Leaderboard]:
     """One leaderboard per (dataset, class list, split), rows merged over seeds.
 
@@ -248,12 +285,17 @@ def build_tables(
         classes: show only these classes' columns (mIoU stays over all classes).
         percent: scores in percent (else fractions of 1).
         merge_seeds: merge runs that differ only by seed (else one row per record).
+        preset: a paper's layout from :data:`PRESETS` (``segnet``: G, C, mIoU, BF): its
+            columns, order and headers instead of ``metrics``' (``classes`` in ``metrics``
+            still adds the class columns, first).
 
     Raises:
-        ValueError: an unknown metric, or a class that a table's dataset lacks (the message
-            lists the dataset's classes).
+        ValueError: an unknown metric or preset, or a class that a table's dataset lacks (the
+            message lists the dataset's classes).
     """
     metrics = check_names("metric", metrics, METRIC_CHOICES)
+    if preset is not None:
+        check_names("preset", [preset], list(PRESETS))
     tables: dict[tuple, list[dict]] = {}
     for i, record in enumerate(records):
         problems = check_record(record)
@@ -282,7 +324,7 @@ def build_tables(
                 split=split,
                 classes=list(names),
                 shown_classes=shown,
-                columns=_columns(metrics, shown, rows, merge_seeds),
+                columns=_columns(metrics, shown, rows, merge_seeds, preset),
                 rows=rows,
                 percent=percent,
                 merged=merge_seeds,

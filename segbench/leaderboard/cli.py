@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from segbench.leaderboard.build import DEFAULT_METRICS, METRIC_CHOICES
+from segbench.leaderboard.build import DEFAULT_METRICS, METRIC_CHOICES, PRESETS
 from segbench.leaderboard.pipeline import publish
 from segbench.leaderboard.render import FORMATS, to_markdown
 from segbench.leaderboard.uncertainty import SPREADS
@@ -47,7 +47,11 @@ def _parser() -> argparse.ArgumentParser:
         "./leaderboards); leaderboard files there are overwritten")  # fmt: skip
     add("--format", default=",".join(FORMATS), help="comma-separated: md,csv,tex,html")
     add("--metrics", default=",".join(DEFAULT_METRICS), help=f"of {','.join(METRIC_CHOICES)}")
-    add("--classes", help="only these class columns (comma-separated)")
+    add("--classes", help="only these class columns (comma-separated; with --preset: add "
+        "them)")  # fmt: skip
+    add("--preset", choices=sorted(PRESETS), help="a paper's layout: segnet = G (global "
+        "accuracy), C (class average accuracy), mIoU, BF, as SegNet reports CamVid; cityscapes "
+        "= IoU and iIoU of classes and categories, as the benchmark reports them")  # fmt: skip
     add("--dataset", help="only these datasets (comma-separated)")
     add("--fraction", action="store_true", help="scores as fractions of 1, not percent")
     add("--no-merge", action="store_true", help="one row per run, not merged over seeds")
@@ -91,19 +95,23 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.paths) == bool(args.wandb_project):
         parser.error("give either PATHS or --wandb-project")
     out = Path(args.out) if args.out else _default_out(args.paths)
+    metrics = _csv_list(args.metrics)
+    if args.preset:  # the preset's columns; --classes adds the class columns
+        metrics = ["classes"] if args.classes else []
     outcome = publish(
         args.paths,
         out,
         _csv_list(args.format),
         wandb_project=args.wandb_project,
         datasets=_csv_list(args.dataset),
-        metrics=_csv_list(args.metrics),
+        metrics=metrics,
         classes=_csv_list(args.classes),
         percent=not args.fraction,
         merge_seeds=not args.no_merge,
         spread=args.spread,
         alpha=None if args.no_significance else args.alpha,
         write_empty=False,
+        preset=args.preset,
     )
     if outcome.error is not None:
         print(f"error: {outcome.error}", file=sys.stderr)

@@ -105,6 +105,7 @@ def publish(
     spread: str = "std",
     alpha: float | None = 0.05,
     write_empty: bool = True,
+    preset: str | None = None,
 ) -> Outcome:
     """Collect, filter, build, warn, write: the leaderboards of ``paths`` (or of a W&B project)
     as files in ``out_dir``; each problem is printed to stderr as ``warning: ...``.
@@ -125,6 +126,7 @@ def publish(
             None: no test.
         write_empty: when there is no table, still call :func:`write_tables` (which creates
             ``out_dir``); else nothing is written then.
+        preset: as in :func:`~segbench.leaderboard.build.build_tables`.
 
     Returns:
         The tables and files; a refused input is returned as :attr:`Outcome.error`, not raised,
@@ -132,7 +134,13 @@ def publish(
     """
     try:
         formats = check_names("format", formats, FORMATS)
-        options = dict(metrics=metrics, classes=classes, percent=percent, merge_seeds=merge_seeds)
+        options = dict(
+            metrics=metrics,
+            classes=classes,
+            percent=percent,
+            merge_seeds=merge_seeds,
+            preset=preset,
+        )
         boards, problems = _tables(
             paths, wandb_project, datasets, spread=spread, alpha=alpha, **options
         )

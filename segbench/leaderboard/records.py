@@ -26,7 +26,11 @@ __all__ = [
     "throughput",
 ]
 
-SCORES = ("mIoU", "pixel_acc", "mean_acc", "fwIoU", "mDice")  # fractions in [0, 1]
+# fractions in [0, 1]; the last three on Cityscapes only
+SCORES = (
+    *("mIoU", "pixel_acc", "mean_acc", "fwIoU", "mDice", "bf", "boundary_iou"),
+    *("iIoU", "category_mIoU", "category_iIoU"),
+)
 REQUIRED = ("model", "backbone", "dataset", "split", "classes", "metrics")
 
 

@@ -177,6 +177,27 @@ def notes(board: Leaderboard) -> list[str]:
         )
     if "throughput" in keys:
         out.append("images/s: inference throughput measured by the run.")
+    headers = {c.key: c.header for c in board.columns}
+    if headers.get("pixel_acc") == "G" or headers.get("mean_acc") == "C":
+        out.append(
+            "G: global accuracy (correct pixels / valid pixels); C: class average accuracy "
+            "(the mean of the per-class accuracies), as SegNet reports them."
+        )
+    if keys & {"iIoU", "category_mIoU", "category_iIoU"}:
+        out.append(
+            "Cityscapes' own figures, as cityscapesScripts computes them: category IoU over its "
+            "7 categories; iIoU weights each ground-truth instance's pixels by the class's "
+            "average instance size over its own (needs gtFine/*_instanceIds.png; - where a run "
+            "had none, its results.json says why)."
+        )
+    if keys & {"bf", "boundary_iou"}:
+        out.append(
+            "BF: boundary F1 (Csurka et al. 2013) of each image over the classes of its ground "
+            "truth, boundary pixels matched within a tolerance (default 0.75 % of the image "
+            "diagonal, recorded in each results.json), mean over images. Boundary IoU (Cheng "
+            "et al. 2021): IoU of the masks' inner bands (default 2 % of the diagonal), summed "
+            "over images per class, mean over classes."
+        )
     if keys & {"ece", "nll", "brier"}:
         out.append(
             "Calibration of the predicted probabilities over valid pixels (lower is better): "
