@@ -220,6 +220,10 @@ def test_a_run_keeps_them_per_image_and_its_figures_follow(trained_run):
     assert figures["bf_per_class"] == [
         pytest.approx(v) if v is not None else None for v in m["per_class_bf"].values()
     ]
+    # logged as the other test figures are (CSV here; W&B gets the same log calls)
+    (metrics_csv,) = trained_run.glob("csv/**/metrics.csv")
+    header = metrics_csv.read_text().splitlines()[0].split(",")
+    assert {"test/bf", "test/boundary_iou"} <= set(header)
 
 
 def test_switched_off_they_are_said_to_be_absent(tmp_path):
