@@ -142,7 +142,7 @@ def _matched(
         return torch.zeros(k, dtype=torch.int64)
     y, x = query.nonzero(as_tuple=True)
     label = query_label[y, x].long()
-    hits = torch.zeros(k, dtype=torch.int64)
+    hits = torch.zeros(k, dtype=torch.int64, device=query.device)
     pending = torch.arange(y.numel(), device=y.device)
     r = int(math.floor(radius))
     for dy in _dy_order(r):
@@ -158,7 +158,7 @@ def _matched(
         found = (marks[at] >= lo) & (marks[at] <= hi) & (yy >= 0) & (yy < h)
         hits += torch.bincount(label[pending[found]], minlength=k)
         pending = pending[~found]
-    return hits
+    return hits.cpu()
 
 
 def _image(

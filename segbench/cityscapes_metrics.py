@@ -112,19 +112,20 @@ def instance_sums(pred: Tensor, instances: Tensor, num_classes: int) -> tuple[Te
             continue
         ids, where = torch.unique(inst[keep], return_inverse=True)
         size = torch.bincount(where, minlength=ids.numel()).double()
+        on_instances = p[keep]
         label_ids = (ids // 1000).tolist()
         for j, label_id in enumerate(label_ids):
             if label_id not in _BY_LABEL_ID:  # an ignored class (caravan, trailer)
                 continue
             train_id, numerator = _BY_LABEL_ID[label_id]
             weight = numerator / float(size[j])
-            mine = p[keep][where == j]
+            mine = on_instances[where == j]
             tp = float((mine == train_id).sum())
             classes[i, 0, train_id] += tp * weight
             classes[i, 1, train_id] += (float(size[j]) - tp) * weight
             category = _CATEGORY_OF[train_id]
             if category in cat_index:
-                members = torch.tensor(CATEGORIES[category])
+                members = torch.tensor(CATEGORIES[category], device=mine.device)
                 cat_tp = float(torch.isin(mine, members).sum())
                 cats[i, 0, cat_index[category]] += cat_tp * weight
                 cats[i, 1, cat_index[category]] += (float(size[j]) - cat_tp) * weight

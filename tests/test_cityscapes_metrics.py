@@ -16,11 +16,10 @@ from torchvision.datasets import Cityscapes
 from segbench.cityscapes_metrics import CATEGORIES, category_iou, instance_iou, instance_sums
 from segbench.data.cityscapes import CLASS_NAMES, TRAIN_ID_LUT
 from segbench.metrics import ConfusionMatrix
+from tests.fixtures.cityscapes_oracle import official_evaluator
+from tests.fixtures.cityscapes_oracle import official_scores as official_scores_of
 
-official = pytest.importorskip(
-    "cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling",
-    reason="cityscapesscripts (the official evaluator) is not installed: uv sync",
-)
+official_evaluator()  # the whole module needs the oracle
 
 BY_NAME = {c.name: c for c in Cityscapes.classes}
 TRAIN_TO_LABEL = np.zeros(256, dtype=np.uint8)
@@ -59,15 +58,6 @@ def scene(seed: int, size=(48, 96)):
     return labels, instances, pred
 
 
-@pytest.fixture(autouse=True)
-def _numpy_in1d(monkeypatch):
-    """The official evaluator calls ``np.in1d``, which NumPy 2.4 removed: give it the flat
-    ``np.isin`` it stood for."""
-    if not hasattr(np, "in1d"):
-        flat = lambda a, b, invert=False: np.isin(np.ravel(a), b, invert=invert)  # noqa: E731
-        monkeypatch.setattr(np, "in1d", flat, raising=False)
-
-
 def official_scores(tmp_path: Path, scenes) -> dict:
     """The official evaluator's result dictionary on ``scenes`` written as its files."""
     preds, gts = [], []
@@ -81,10 +71,7 @@ def official_scores(tmp_path: Path, scenes) -> dict:
         Image.fromarray(TRAIN_TO_LABEL[pred]).save(p)
         preds.append(str(p))
         gts.append(str(gt))
-    args = official.args
-    args.quiet, args.JSONOutput, args.evalInstLevelScore = True, False, True
-    args.evalPixelAccuracy = False
-    return official.evaluateImgLists(preds, gts, args)
+    return official_scores_of(preds, gts)
 
 
 def ours(scenes) -> tuple[dict, dict, list]:
@@ -195,9 +182,7 @@ def test_a_run_on_cityscapes_reports_the_official_figures(tmp_path):
         Image.fromarray(TRAIN_TO_LABEL[train_ids]).save(p)
         preds.append(str(p))
         gts.append(str(label_path))
-    args = official.args
-    args.quiet, args.JSONOutput, args.evalInstLevelScore = True, False, True
-    want = official.evaluateImgLists(preds, gts, args)
+    want = official_scores_of(preds, gts)
     for name, value in want["categoryScores"].items():
         if name != "void":
             assert same(value, city["category_iou"][name]), name

@@ -21,6 +21,7 @@ from segbench.submission import check_complete, pack, split_images, submission_f
 from tests.conftest import compose_config
 from tests.fixtures.ade20k import write_ade20k
 from tests.fixtures.cityscapes import write_cityscapes
+from tests.fixtures.cityscapes_oracle import official_evaluator, official_scores
 from tests.fixtures.voc import write_voc
 
 FAST = [
@@ -128,17 +129,11 @@ def _add_cityscapes_test_split(root: Path) -> list[str]:
     return ids
 
 
-def test_cityscapes_end_to_end_test_and_val(tmp_path, monkeypatch):
+def test_cityscapes_end_to_end_test_and_val(tmp_path):
     """format_only on the test split writes one label-id PNG per image, zipped, reading no
     labels; on val the official evaluator scores the written files exactly as segbench's own
     evaluation does."""
-    official = pytest.importorskip(
-        "cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling",
-        reason="cityscapesscripts (the official evaluator) is not installed: uv sync",
-    )
-    if not hasattr(np, "in1d"):  # the evaluator calls np.in1d, which NumPy 2.4 removed
-        flat = lambda a, b, invert=False: np.isin(np.ravel(a), b, invert=invert)  # noqa: E731
-        monkeypatch.setattr(np, "in1d", flat, raising=False)
+    official_evaluator()
     from segbench.engine.run import evaluate, train
 
     data = tmp_path / "data"
@@ -169,9 +164,7 @@ def test_cityscapes_end_to_end_test_and_val(tmp_path, monkeypatch):
         stem = label.name[: -len("_gtFine_labelIds.png")]
         preds.append(str(Path(sub["files"]) / f"{stem}_leftImg8bit.png"))
         gts.append(str(label))
-    args = official.args
-    args.quiet, args.JSONOutput, args.evalInstLevelScore = True, False, False
-    want = official.evaluateImgLists(preds, gts, args)
+    want = official_scores(preds, gts, instances=False)
     assert want["averageScoreClasses"] == pytest.approx(scored["metrics"]["mIoU"], rel=1e-9)
     assert want["averageScoreCategories"] == pytest.approx(
         scored["cityscapes"]["category_mIoU"], rel=1e-9

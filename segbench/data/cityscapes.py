@@ -127,7 +127,7 @@ class CityscapesDataset(FilePairDataset):
         self.layout_problems = self._pairing_problems(images, masks, mask_suffix)
         self.items = [(images[k], masks[k]) for k in sorted(set(images) & set(masks))]
         # whether samples carry their instance ids (``instance``): the data module turns it on
-        # for the evaluated splits when every sample has its *_gtFine_instanceIds.png
+        # for the final evaluation when every sample has its *_gtFine_instanceIds.png
         self.with_instances = False
 
     @staticmethod

@@ -180,16 +180,26 @@ class SegDataModule(pl.LightningDataModule):
         return self._datasets[split]
 
     def _instances(self, split: str, ds) -> None:
-        """Evaluated splits of a dataset with instance files (Cityscapes) carry their instance
-        ids when every sample has its file and the labels keep their size."""
+        """Whether the samples of an evaluated split of a dataset with instance files
+        (Cityscapes) can carry their instance ids: every sample has its file and the labels
+        keep their size (``instance_notes``: why not)."""
         base = ds.dataset if isinstance(ds, _First) else ds
         if split == "train" or not hasattr(base, "instances_missing"):
             return
         why = base.instances_missing()
         if why is None and getattr(self.eval_transform, "resize", None) is not None:
             why = "dataset.eval_transform.resize changes the labels' size"
-        base.with_instances = why is None
         self.instance_notes[split] = why
+
+    def carry_instances(self, split: str, on: bool = True) -> bool:
+        """Let ``split``'s samples carry their instance ids (for the final evaluation only:
+        validation reads no instance file), where they can; returns whether they do."""
+        ds = self.dataset(split)
+        base = ds.dataset if isinstance(ds, _First) else ds
+        able = split in self.instance_notes and self.instance_notes[split] is None
+        if hasattr(base, "with_instances"):
+            base.with_instances = bool(on and able)
+        return bool(on and able)
 
     def _cache_split(self, split: str, ds) -> None:
         """Fill the in-memory cache of ``split`` as ``cache`` says."""

@@ -17,6 +17,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from segbench.boundary import BoundaryOptions
 from segbench.data.datamodule import SegDataModule
 from segbench.data.stats import class_weights
+from segbench.engine.checkpoint import load_weights
 from segbench.engine.resume import AtomicCheckpointIO, RunState
 from segbench.engine.task import SegmentationTask
 from segbench.inference import Inference
@@ -28,6 +29,7 @@ __all__ = [
     "build_model",
     "build_task",
     "build_trainer",
+    "evaluation_task",
     "resolve_class_weights",
     "validation_inference",
 ]
@@ -219,3 +221,18 @@ def build_trainer(cfg: DictConfig, task: SegmentationTask | None = None) -> pl.T
         default_root_dir=cfg.output_dir,
         plugins=[AtomicCheckpointIO()],
     )
+
+
+def evaluation_task(
+    cfg: DictConfig, run_cfg: DictConfig, state_dict: dict, dm: SegDataModule
+) -> tuple[SegmentationTask, dict]:
+    """The task that evaluates checkpoint ``cfg.ckpt`` (its run config ``run_cfg``, its
+    weights loaded), with the evaluation's own speed options (``fast.*``) and boundary
+    figures (``boundary.*``), not the training's; returns it and those options."""
+    speed = {"fast": OmegaConf.to_container(cfg.fast) if cfg.get("fast") is not None else None}
+    if cfg.get("boundary") is not None:
+        speed["boundary"] = OmegaConf.to_container(cfg.boundary)
+    task_cfg = OmegaConf.merge(run_cfg, {"optimizer": None, "scheduler": None}, speed)
+    task = build_task(task_cfg, dm, build_model(run_cfg.model))
+    load_weights(task, state_dict, str(cfg.ckpt), run_cfg.model.get("name"))
+    return task, speed

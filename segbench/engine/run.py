@@ -21,9 +21,10 @@ from segbench.engine.build import (
     build_task,
     build_trainer,
     check_input_sizes,
+    evaluation_task,
     resolve_class_weights,
 )
-from segbench.engine.checkpoint import evaluation_config, load_checkpoint, load_weights
+from segbench.engine.checkpoint import evaluation_config, load_checkpoint
 from segbench.engine.loggers import CSVLogger, end_wandb_run
 from segbench.engine.resume import RunState, check_resume_config, resolve_resume
 from segbench.engine.rundir import release
@@ -119,14 +120,7 @@ def _evaluate(cfg: DictConfig) -> dict:
     split = cfg.get("split") or run_cfg.dataset.eval_split
 
     dm = build_datamodule(run_cfg.dataset, [split], seed=cfg.seed)
-    # the evaluation's own speed options (fast.*) and boundary figures (boundary.*), not the
-    # training's
-    speed = {"fast": OmegaConf.to_container(cfg.fast) if cfg.get("fast") is not None else None}
-    if cfg.get("boundary") is not None:
-        speed["boundary"] = OmegaConf.to_container(cfg.boundary)
-    task_cfg = OmegaConf.merge(run_cfg, {"optimizer": None, "scheduler": None}, speed)
-    task = build_task(task_cfg, dm, build_model(run_cfg.model))
-    load_weights(task, state_dict, str(cfg.ckpt), run_cfg.model.get("name"))
+    task, speed = evaluation_task(cfg, run_cfg, state_dict, dm)
 
     trainer = build_trainer(cfg)
     config = OmegaConf.to_container(

@@ -59,7 +59,11 @@ def _test(trainer: pl.Trainer, task: SegmentationTask, dm: SegDataModule, split:
     dm.eval_split = split
     task.eval_split = split
     tic = time.perf_counter()
-    trainer.test(task, datamodule=dm, verbose=False)
+    dm.carry_instances(split)  # Cityscapes' iIoU, where its instance files are
+    try:
+        trainer.test(task, datamodule=dm, verbose=False)
+    finally:
+        dm.carry_instances(split, on=False)
     elapsed = time.perf_counter() - tic
     return {
         "images_per_s": round(len(dm.dataset(split)) / elapsed, 3),

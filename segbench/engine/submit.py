@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from segbench.data.base import read_image
-from segbench.engine.build import build_model, build_task
-from segbench.engine.checkpoint import evaluation_config, load_weights
+from segbench.engine.build import evaluation_task
+from segbench.engine.checkpoint import evaluation_config
 from segbench.engine.fast import prepare_batch
 from segbench.engine.scoring import start_run
 from segbench.inference import eval_mode
@@ -66,10 +66,7 @@ def submit(cfg) -> dict:
     fmt = submission_format(dm.name)
     root = OmegaConf.select(run_cfg, "dataset.source.root")
     items = split_images(dm.name, root, split)
-    speed = {"fast": OmegaConf.to_container(cfg.fast) if cfg.get("fast") is not None else None}
-    task_cfg = OmegaConf.merge(run_cfg, {"optimizer": None, "scheduler": None}, speed)
-    task = build_task(task_cfg, dm, build_model(run_cfg.model))
-    load_weights(task, state_dict, str(cfg.ckpt), run_cfg.model.get("name"))
+    task, _ = evaluation_task(cfg, run_cfg, state_dict, dm)
     device = _device(cfg)
     task.to(device).eval()
 
