@@ -35,6 +35,7 @@ VERBS = {
         Verb("throughput", "segbench.bench.throughput", "loader vs training-step images/s"),
         Verb("complexity", "segbench.bench.complexity", "parameters and GFLOPs vs the papers"),
         Verb("inference-bench", "segbench.bench.inference", "seconds/image of each eval mode"),
+        Verb("weights", "segbench.weights_cli", "fetch or list the encoders' ImageNet weights"),
     )
 }
 

@@ -166,9 +166,9 @@ def test_checkpoint_loading_is_weights_only(tmp_path):
         evaluate(_eval_cfg(tmp_path, tmp_path / "plain.ckpt"))
 
 
-def test_backbone_weights_must_be_local(tmp_path):
+def test_backbone_without_imagenet_weights_and_a_missing_file_are_named(tmp_path):
     cfg = compose_config("train", ["debug=fast", "backbone.pretrained=true"], tmp_path / "run")
-    with pytest.raises(InstantiationException, match="never downloads"):
+    with pytest.raises(InstantiationException, match="no ImageNet weights exist"):
         train(cfg)
     cfg = compose_config(
         "train", ["debug=fast", f"backbone.weights={tmp_path}/w.pth"], tmp_path / "run"

@@ -75,6 +75,7 @@ ADDED_KEYS = {
     "dataset.cache": "none",
     "model.crf.normalization": "after",  # DeepLab v1 + CRF before Krähenbühl's normalisation
     "model.separable": False,  # DeepLab v3+ (an architecture key: a difference is refused)
+    "backbone.pretrained_tag": None,  # timm's default weights
     **{f"val_inference.{k}": None for k in ("mode", "crop", "stride", "scales", "flip")},
 }
 STAGES = {"train": 0, "val": 1, "test": 2}

@@ -14,6 +14,12 @@ import torch
 from torch import Tensor, nn
 
 from segbench.models.encoders.base import levels_until
+from segbench.models.pretrained import (
+    cached_timm_file,
+    hub_unreachable,
+    offline,
+    unavailable,
+)
 from segbench.models.weights import read_state_dict, state_dict_mismatch
 
 __all__ = ["TimmEncoder"]
@@ -27,8 +33,11 @@ class TimmEncoder(nn.Module):
 
     Args:
         name: timm model name, e.g. ``resnet18``, ``resnet50`` or a ``test_*`` model.
-        pretrained: load weights. Only allowed together with ``weights`` (a local file),
-            so that nothing is ever downloaded.
+        pretrained: load timm's ImageNet weights through timm (the Hugging Face hub cache,
+            :mod:`segbench.models.pretrained`: downloaded when missing and online; offline
+            and not cached, refused with the command that fetches them).
+        pretrained_tag: which of timm's weight variants (``resnet50.<tag>``, e.g.
+            ``a1_in1k``); ``None``: timm's default one.
         weights: path to a local state-dict file of the whole timm model ``name`` (timm's key
             names, as ``timm.create_model(name).state_dict()`` saves them; ``.safetensors`` or a
             ``torch.save`` file, possibly under ``state_dict``/``model``, ``module.`` prefixes
@@ -51,6 +60,7 @@ class TimmEncoder(nn.Module):
         output_stride: int | None = 32,
         in_chans: int = 3,
         until_stride: int | None = None,
+        pretrained_tag: str | None = None,
     ) -> None:
         super().__init__()
         if not timm.is_model(name.split(".")[0]):
@@ -76,12 +86,10 @@ class TimmEncoder(nn.Module):
             kwargs["pretrained_cfg_overlay"] = {"file": str(path), "source": None}
             pretrained = True
         elif pretrained:
-            raise ValueError(
-                f"backbone {name!r}: pretrained=true needs a local `weights` file; "
-                "segbench never downloads weights (set backbone.weights=/path/to/file.pth)"
-            )
+            self.model = _pretrained(f"{name}.{pretrained_tag}" if pretrained_tag else name, kwargs)
         self.name = name
-        self.model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        if not hasattr(self, "model"):
+            self.model = timm.create_model(name, pretrained=pretrained, **kwargs)
         info = self.model.feature_info
         self.channels: list[int] = list(info.channels())
         self.strides: list[int] = list(info.reduction())
@@ -92,6 +100,24 @@ class TimmEncoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, channels={self.channels}, strides={self.strides}"
+
+
+def _pretrained(name: str, kwargs: dict) -> nn.Module:
+    """timm model ``name`` with its pretrained weights, loaded by timm from the hub cache (or
+    downloaded into it); refused with the fetch command when they cannot be had."""
+    cached = cached_timm_file(name)
+    if cached is None and offline():
+        raise unavailable(name, "HF_HUB_OFFLINE is set")
+    if cached is None:  # fail at once rather than after the hub client's minute of retries
+        unreachable = hub_unreachable()
+        if unreachable:
+            raise unavailable(name, unreachable)
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except (OSError, ValueError, RuntimeError) as err:  # the hub unreachable, a broken file
+        if cached is not None:
+            raise
+        raise unavailable(name, f"could not be downloaded ({type(err).__name__}: {err})") from err
 
 
 def _indices_until(name: str, kwargs: dict, until_stride: int) -> tuple[int, ...]:

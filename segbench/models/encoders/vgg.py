@@ -116,10 +116,17 @@ class VGGEncoder(nn.Module):
         self.features = nn.Sequential(*layers)
         if weights is not None:  # a whole VGG's state dict: loaded before the cut below
             self.load_weights(weights)
+        elif pretrained and name not in ("vgg16", "vgg16_bn"):
+            raise ValueError(
+                f"backbone {name!r}: no ImageNet weights exist for this encoder (it is trained "
+                "from scratch); set backbone.pretrained=false, or use a pretrained backbone "
+                "such as backbone=vgg16_bn or backbone=resnet18"
+            )
         elif pretrained:
             raise ValueError(
-                f"backbone {name!r}: pretrained=true needs a local `weights` file; "
-                "segbench never downloads weights (set backbone.weights=/path/to/file.pth)"
+                f"backbone {name!r}: pretrained=true needs a local `weights` file for the VGG "
+                "encoders (torchvision's weights are not read yet; set "
+                "backbone.weights=/path/to/file.pth)"
             )
 
         n = levels_until(strides, until_stride)

@@ -1,0 +1,140 @@
+"""ImageNet weights of the timm encoders, through timm's own loading and the Hugging Face hub
+cache (``HF_HOME``, ``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` reads the cache only).
+
+``backbone.pretrained=true`` loads them as timm does; without them in the cache and offline (or
+without network), the run stops before training with an error naming the backbone, the hub
+repository and file, the cache searched and the command that fetches them, ``segbench weights
+fetch <timm name>``, to run where there is internet (on a cluster, a login node sharing the
+cache). ``segbench weights list`` shows what the cache holds.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+__all__ = [
+    "PretrainedUnavailable",
+    "cached_timm_file",
+    "fetch_timm",
+    "hub_unreachable",
+    "hub_cache",
+    "offline",
+    "timm_source",
+    "unavailable",
+]
+
+# the files timm looks for in a hub repository, in its order (safetensors first)
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class PretrainedUnavailable(RuntimeError):
+    """Pretrained weights asked for that cannot be had (not cached offline, none exist)."""
+
+
+def hub_cache() -> Path:
+    """The Hugging Face hub cache directory the loaders read (``HF_HUB_CACHE``, else
+    ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``), as the environment says now."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface"
+    )
+    return Path(home).expanduser() / "hub"
+
+
+def offline() -> bool:
+    """Whether the hub may not be reached (``HF_HUB_OFFLINE`` set to a true value)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def timm_source(name: str) -> tuple[str, tuple[str, ...]]:
+    """``(hub repository, files to look for)`` of timm model ``name`` (``name.tag`` for a weight
+    variant); ``PretrainedUnavailable`` when timm has no pretrained weights for it."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not getattr(cfg, "hf_hub_id", None):
+        raise PretrainedUnavailable(
+            f"timm has no pretrained weights for {name!r} on the Hugging Face hub (its "
+            "pretrained tags: timm.list_pretrained('" + name.split(".")[0] + "*'))"
+        )
+    files = (cfg.hf_hub_filename,) if getattr(cfg, "hf_hub_filename", None) else HUB_FILES
+    return cfg.hf_hub_id, files
+
+
+def cached_timm_file(name: str) -> Path | None:
+    """The cached weights file of timm model ``name``, or ``None`` when the cache lacks it."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, files = timm_source(name)
+    for filename in files:
+        found = try_to_load_from_cache(repo, filename, cache_dir=str(hub_cache()))
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
+
+
+def unavailable(name: str, why: str) -> PretrainedUnavailable:
+    """The error of weights that could not be had: what, where it was looked for, the fix."""
+    repo, files = timm_source(name)
+    return PretrainedUnavailable(
+        f"backbone {name!r}: pretrained=true needs timm's weights {repo} ({' or '.join(files)}), "
+        f"which are not in the Hugging Face cache {hub_cache()} and {why}. Fetch them where "
+        f"there is internet: segbench weights fetch {name} (with the same HF_HOME, "
+        "or copy the cache here), or give a local file: backbone.weights=/path/to/weights.pth"
+    )
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the hub cannot be reached (one connection attempt, ``timeout`` seconds: the hub
+    client itself retries for a minute before it gives up), or ``None`` when it can."""
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        return f"the hub {endpoint} cannot be reached ({err})"
+    return None
+
+
+def fetch_timm(name: str, timeout: float = 20.0) -> Path:
+    """Download timm model ``name``'s weights into the hub cache (a no-op when cached); the
+    hub's connection and read time-outs bounded by ``timeout`` seconds, so that a machine
+    without network fails fast. Returns the cached file."""
+    cached = cached_timm_file(name)
+    if cached is not None:
+        return cached
+    if offline():
+        raise unavailable(name, "HF_HUB_OFFLINE is set")
+    unreachable = hub_unreachable(timeout)
+    if unreachable:
+        raise unavailable(name, unreachable)
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(timeout)))
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(timeout)))
+    from huggingface_hub import hf_hub_download
+
+    repo, files = timm_source(name)
+    errors = []
+    for filename in files:
+        try:
+            return Path(hf_hub_download(repo, filename, cache_dir=str(hub_cache())))
+        except Exception as err:  # noqa: BLE001 - every hub failure is reported below
+            errors.append(f"{filename}: {type(err).__name__}: {str(err).splitlines()[0]}")
+    raise unavailable(name, "could not be downloaded (" + "; ".join(errors) + ")")
+
+
+def cached_weights() -> list[tuple[str, str, int]]:
+    """``(repository, file, bytes)`` of every timm weights file in the hub cache."""
+    root = hub_cache()
+    rows = []
+    for repo in sorted(root.glob("models--timm--*")):
+        name = repo.name[len("models--") :].replace("--", "/")
+        for path in sorted(repo.glob("snapshots/*/*")):
+            if path.is_file():
+                rows.append((name, path.name, path.stat().st_size))
+    return rows

@@ -1,0 +1,75 @@
+"""``segbench weights``: fetch the encoders' ImageNet weights into the caches the loaders read,
+where there is internet, and list what the caches hold (:mod:`segbench.models.pretrained`).
+
+::
+
+    segbench weights fetch resnet50 resnet18.a1_in1k      # timm names (name.tag: a variant)
+    segbench weights fetch backbone=resnet50              # a backbone config of conf/
+    segbench weights fetch experiment=<name>              # what an experiment's backbone needs
+    segbench weights list
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from segbench.models.pretrained import (
+    PretrainedUnavailable,
+    cached_weights,
+    fetch_timm,
+    hub_cache,
+)
+
+__all__ = ["main"]
+
+NO_IMAGENET = ("unet", "segnet_basic", "tiny")  # encoders trained from scratch only
+
+
+def _timm_name(item: str) -> str:
+    """The timm model (``name.tag``) that ``item`` asks for: a timm name, ``backbone=X`` or
+    ``experiment=X`` (composed from ``conf/``)."""
+    if "=" not in item:
+        return item
+    from segbench.config import compose_train_config
+
+    cfg = compose_train_config([item])
+    backbone = cfg.backbone
+    if backbone.name in NO_IMAGENET or not str(backbone._target_).endswith("TimmEncoder"):
+        raise PretrainedUnavailable(
+            f"{item}: backbone {backbone.name!r} has no timm ImageNet weights to fetch"
+            + (" (it is trained from scratch)" if backbone.name in NO_IMAGENET else
+               " (the VGG encoders read a local file: backbone.weights=/path)")
+        )  # fmt: skip
+    tag = backbone.get("pretrained_tag")
+    return f"{backbone.name}.{tag}" if tag else str(backbone.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="segbench weights",
+        description="Fetch the timm encoders' ImageNet weights into the Hugging Face cache "
+        f"({hub_cache()}), or list it.",
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    fetch = sub.add_parser("fetch", help="download weights (needs internet)")
+    fetch.add_argument("items", nargs="+", help="timm names, backbone=X or experiment=X")
+    fetch.add_argument("--timeout", type=float, default=20.0, help="seconds per connection")
+    sub.add_parser("list", help="what the cache holds, with sizes")
+    args = parser.parse_args(argv)
+    if args.action == "list":
+        rows = cached_weights()
+        if not rows:
+            print(f"no timm weights in {hub_cache()}")
+        for repo, filename, size in rows:
+            print(f"{repo:<40} {filename:<20} {size / 1e6:9.1f} MB")
+        return 0
+    status = 0
+    for item in args.items:
+        try:
+            path = fetch_timm(_timm_name(item), timeout=args.timeout)
+        except PretrainedUnavailable as err:
+            print(f"error: {err}")
+            status = 1
+            continue
+        print(f"{item}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return status
