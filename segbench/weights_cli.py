@@ -4,6 +4,7 @@ where there is internet, and list what the caches hold (:mod:`segbench.models.pr
 ::
 
     segbench weights fetch resnet50 resnet18.a1_in1k      # timm names (name.tag: a variant)
+    segbench weights fetch vgg16_bn                       # torchvision's VGG16(-BN)
     segbench weights fetch backbone=resnet50              # a backbone config of conf/
     segbench weights fetch experiment=<name>              # what an experiment's backbone needs
     segbench weights list
@@ -14,10 +15,13 @@ from __future__ import annotations
 import argparse
 
 from segbench.models.pretrained import (
+    TORCHVISION,
     PretrainedUnavailable,
     cached_weights,
     fetch_timm,
+    fetch_torchvision,
     hub_cache,
+    torch_hub_file,
 )
 
 __all__ = ["main"]
@@ -34,12 +38,13 @@ def _timm_name(item: str) -> str:
 
     cfg = compose_train_config([item])
     backbone = cfg.backbone
+    if backbone.name in TORCHVISION:
+        return str(backbone.name)
     if backbone.name in NO_IMAGENET or not str(backbone._target_).endswith("TimmEncoder"):
         raise PretrainedUnavailable(
-            f"{item}: backbone {backbone.name!r} has no timm ImageNet weights to fetch"
-            + (" (it is trained from scratch)" if backbone.name in NO_IMAGENET else
-               " (the VGG encoders read a local file: backbone.weights=/path)")
-        )  # fmt: skip
+            f"{item}: backbone {backbone.name!r} has no ImageNet weights to fetch (it is "
+            "trained from scratch)"
+        )
     tag = backbone.get("pretrained_tag")
     return f"{backbone.name}.{tag}" if tag else str(backbone.name)
 
@@ -47,26 +52,28 @@ def _timm_name(item: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="segbench weights",
-        description="Fetch the timm encoders' ImageNet weights into the Hugging Face cache "
-        f"({hub_cache()}), or list it.",
+        description="Fetch the encoders' ImageNet weights into the caches the loaders read "
+        f"(timm: {hub_cache()}; VGG: {torch_hub_file('vgg16').parent}), or list them.",
     )
     sub = parser.add_subparsers(dest="action", required=True)
     fetch = sub.add_parser("fetch", help="download weights (needs internet)")
-    fetch.add_argument("items", nargs="+", help="timm names, backbone=X or experiment=X")
+    fetch.add_argument("items", nargs="+", help="timm names, vgg16(_bn), backbone=X, experiment=X")
     fetch.add_argument("--timeout", type=float, default=20.0, help="seconds per connection")
     sub.add_parser("list", help="what the cache holds, with sizes")
     args = parser.parse_args(argv)
     if args.action == "list":
         rows = cached_weights()
         if not rows:
-            print(f"no timm weights in {hub_cache()}")
+            print(f"no weights in {hub_cache()} or {torch_hub_file('vgg16').parent}")
         for repo, filename, size in rows:
             print(f"{repo:<40} {filename:<20} {size / 1e6:9.1f} MB")
         return 0
     status = 0
     for item in args.items:
         try:
-            path = fetch_timm(_timm_name(item), timeout=args.timeout)
+            name = _timm_name(item)
+            fetch = fetch_torchvision if name in TORCHVISION else fetch_timm
+            path = fetch(name, timeout=args.timeout)
         except PretrainedUnavailable as err:
             print(f"error: {err}")
             status = 1

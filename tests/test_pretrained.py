@@ -124,3 +124,55 @@ def test_encoders_without_imagenet_weights_say_so(backbone, tmp_path):
     )
     with pytest.raises((InstantiationException, ValueError), match="no ImageNet weights exist"):
         build_model(cfg.model)
+
+
+def write_torch_hub_vgg(home: Path, seed: int = 0) -> dict:
+    """torchvision's vgg16_bn file in ``$TORCH_HOME/hub/checkpoints`` under its release name,
+    holding the (randomised) ``features.*`` tensors, the only ones the encoder reads."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    net = torchvision.models.vgg16_bn()
+    state = {k: v for k, v in net.state_dict().items() if k.startswith("features.")}
+    folder = home / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save(state, folder / "vgg16_bn-6c64b313.pth")
+    return state
+
+
+def test_vgg16_bn_loads_torchvisions_weights_and_matches_its_features(tmp_path, monkeypatch):
+    """Mapped onto segbench's VGGEncoder exactly: the same weights give torchvision's
+    vgg16_bn.features output as the encoder's last feature map."""
+    import torchvision
+
+    from segbench.engine.build import build_model
+    from tests.conftest import compose_config
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    state = write_torch_hub_vgg(tmp_path / "torch")
+    cfg = compose_config(
+        "train", ["model=segnet", "backbone=vgg16_bn", "backbone.pretrained=true"], tmp_path
+    )
+    encoder = build_model(cfg.model).encoder.eval()
+    reference = torchvision.models.vgg16_bn().eval()
+    reference.load_state_dict(state, strict=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(encoder(x)[-1], reference.features(x))
+    for key, value in encoder.features.state_dict().items():
+        assert torch.equal(value, state[f"features.{key}"])
+
+
+def test_vgg_offline_without_the_file_names_url_cache_and_fetch_command(tmp_path, monkeypatch):
+    from segbench.models.encoders import VGGEncoder
+    from segbench.models.pretrained import PretrainedUnavailable
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PretrainedUnavailable) as err:
+        VGGEncoder("vgg16", pretrained=True)
+    text = str(err.value)
+    assert "https://download.pytorch.org/models/vgg16-397923af.pth" in text
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in text
+    assert "segbench weights fetch vgg16" in text

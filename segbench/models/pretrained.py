@@ -1,5 +1,7 @@
-"""ImageNet weights of the timm encoders, through timm's own loading and the Hugging Face hub
-cache (``HF_HOME``, ``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` reads the cache only).
+"""ImageNet weights of the encoders, through the libraries' own loading and caches: timm's
+encoders from the Hugging Face hub cache (``HF_HOME``, ``HF_HUB_CACHE``), VGG16 and VGG16-BN
+from torchvision's weights (``IMAGENET1K_V1``) in the torch hub cache (``TORCH_HOME``).
+``HF_HUB_OFFLINE=1`` reads the caches only, for both.
 
 ``backbone.pretrained=true`` loads them as timm does; without them in the cache and offline (or
 without network), the run stops before training with an error naming the backbone, the hub
@@ -18,6 +20,8 @@ __all__ = [
     "PretrainedUnavailable",
     "cached_timm_file",
     "fetch_timm",
+    "fetch_torchvision",
+    "torchvision_weights",
     "hub_unreachable",
     "hub_cache",
     "offline",
@@ -90,16 +94,9 @@ def unavailable(name: str, why: str) -> PretrainedUnavailable:
 def hub_unreachable(timeout: float = 5.0) -> str | None:
     """Why the hub cannot be reached (one connection attempt, ``timeout`` seconds: the hub
     client itself retries for a minute before it gives up), or ``None`` when it can."""
-    from urllib.parse import urlparse
-
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    url = urlparse(endpoint)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-    except OSError as err:
-        return f"the hub {endpoint} cannot be reached ({err})"
-    return None
+    why = _unreachable(endpoint, timeout)
+    return f"the hub {endpoint} cannot be reached ({why.split('(', 1)[1]}" if why else None
 
 
 def fetch_timm(name: str, timeout: float = 20.0) -> Path:
@@ -129,12 +126,69 @@ def fetch_timm(name: str, timeout: float = 20.0) -> Path:
 
 
 def cached_weights() -> list[tuple[str, str, int]]:
-    """``(repository, file, bytes)`` of every timm weights file in the hub cache."""
-    root = hub_cache()
+    """``(repository, file, bytes)`` of every timm weights file in the hub cache, then of the
+    torchvision VGG weights in the torch hub cache (repository ``torchvision``)."""
     rows = []
-    for repo in sorted(root.glob("models--timm--*")):
+    for repo in sorted(hub_cache().glob("models--timm--*")):
         name = repo.name[len("models--") :].replace("--", "/")
         for path in sorted(repo.glob("snapshots/*/*")):
             if path.is_file():
                 rows.append((name, path.name, path.stat().st_size))
+    for name in TORCHVISION:
+        path = torch_hub_file(name)
+        if path.is_file():
+            rows.append(("torchvision", path.name, path.stat().st_size))
     return rows
+
+
+# segbench's VGG encoders with torchvision ImageNet weights -> the weights' enum name
+TORCHVISION = {"vgg16": "VGG16_Weights", "vgg16_bn": "VGG16_BN_Weights"}
+
+
+def torchvision_weights(name: str):
+    """torchvision's ``IMAGENET1K_V1`` weights enum member of VGG encoder ``name``."""
+    import torchvision.models as tvm
+
+    if name not in TORCHVISION:
+        raise PretrainedUnavailable(f"torchvision has no ImageNet weights for {name!r}")
+    return getattr(tvm, TORCHVISION[name]).IMAGENET1K_V1
+
+
+def torch_hub_file(name: str) -> Path:
+    """Where torchvision keeps VGG encoder ``name``'s weights (``$TORCH_HOME/hub/checkpoints``)."""
+    import torch
+
+    url = torchvision_weights(name).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def fetch_torchvision(name: str, timeout: float = 20.0) -> Path:
+    """VGG encoder ``name``'s torchvision weights in the torch hub cache, downloaded there when
+    missing (and the download server reachable: checked once, ``timeout`` seconds); refused
+    with the URL, the cache and the fetch command otherwise."""
+    path = torch_hub_file(name)
+    if path.is_file():
+        return path
+    weights = torchvision_weights(name)
+    why = "HF_HUB_OFFLINE is set" if offline() else _unreachable(weights.url, timeout)
+    if why:
+        raise PretrainedUnavailable(
+            f"backbone {name!r}: pretrained=true needs torchvision's weights {weights.url}, "
+            f"which are not in the torch hub cache {path.parent} and {why}. Fetch them where "
+            f"there is internet: segbench weights fetch {name} (with the same TORCH_HOME, or "
+            "copy the file here), or give a local file: backbone.weights=/path/to/weights.pth"
+        )
+    weights.get_state_dict(progress=True, check_hash=True)  # torchvision's download and check
+    return path
+
+
+def _unreachable(url: str, timeout: float) -> str | None:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        return f"{parsed.scheme}://{parsed.hostname} cannot be reached ({err})"
+    return None

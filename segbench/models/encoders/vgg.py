@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from segbench.models.encoders.base import levels_until
+from segbench.models.pretrained import TORCHVISION, fetch_torchvision
 from segbench.models.weights import read_state_dict, state_dict_mismatch
 
 __all__ = ["VGG_STAGES", "VGGEncoder"]
@@ -51,8 +52,10 @@ class VGGEncoder(nn.Module):
         kernel_size: conv kernel size (3 in VGG, 7 in SegNet-Basic).
         output_stride: stride of the last feature map; a power of two ≥ 4.
         in_chans: input channels.
-        pretrained: load weights; only together with a local ``weights`` file.
-        weights: path to a local state dict in torchvision/timm VGG format.
+        pretrained: load torchvision's ImageNet weights (``vgg16``, ``vgg16_bn``; the torch hub
+            cache, downloaded when missing and online, :mod:`segbench.models.pretrained`).
+        weights: path to a local state dict in torchvision/timm VGG format (wins over
+            ``pretrained``).
         until_stride: return the stages up to the first one at this stride or coarser (ReSeg:
             4); ``None``: all of them.
     """
@@ -116,17 +119,14 @@ class VGGEncoder(nn.Module):
         self.features = nn.Sequential(*layers)
         if weights is not None:  # a whole VGG's state dict: loaded before the cut below
             self.load_weights(weights)
-        elif pretrained and name not in ("vgg16", "vgg16_bn"):
-            raise ValueError(
-                f"backbone {name!r}: no ImageNet weights exist for this encoder (it is trained "
-                "from scratch); set backbone.pretrained=false, or use a pretrained backbone "
-                "such as backbone=vgg16_bn or backbone=resnet18"
-            )
+        elif pretrained and name in TORCHVISION:  # torchvision's weights, torch hub cache
+            path = fetch_torchvision(name)
+            self._load_state(read_state_dict(path, self._expected()), path)
         elif pretrained:
             raise ValueError(
-                f"backbone {name!r}: pretrained=true needs a local `weights` file for the VGG "
-                "encoders (torchvision's weights are not read yet; set "
-                "backbone.weights=/path/to/file.pth)"
+                f"backbone {name!r}: no ImageNet weights exist for this encoder (segbench reads "
+                "torchvision's for vgg16 and vgg16_bn); set backbone.pretrained=false, or use a "
+                "pretrained backbone such as backbone=vgg16_bn or backbone=resnet18"
             )
 
         n = levels_until(strides, until_stride)
@@ -147,11 +147,18 @@ class VGGEncoder(nn.Module):
                 f"backbone weights file {str(file)!r} does not exist; expected a local "
                 f"torchvision/timm {self.name} state dict"
             )
-        expected = (
+        self._load_state(read_state_dict(file, self._expected()), file)
+
+    def _expected(self) -> str:
+        return (
             f"a torchvision/timm {self.name} state dict (batch_norm={self.batch_norm}) "
             "with features.* keys"
         )
-        state = read_state_dict(file, expected)
+
+    def _load_state(self, state: dict, file: Path) -> None:
+        """Load the ``features.*`` tensors of a VGG state dict read from ``file``, refusing one
+        that does not fit them key for key and shape for shape."""
+        expected = self._expected()
         found = {k: v for k, v in state.items() if k.startswith("features.")}
         wanted = {f"features.{k}": v for k, v in self.features.state_dict().items()}
         problems = state_dict_mismatch(found, wanted)
