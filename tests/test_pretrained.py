@@ -176,3 +176,13 @@ def test_vgg_offline_without_the_file_names_url_cache_and_fetch_command(tmp_path
     assert "https://download.pytorch.org/models/vgg16-397923af.pth" in text
     assert str(tmp_path / "torch" / "hub" / "checkpoints") in text
     assert "segbench weights fetch vgg16" in text
+
+
+def test_a_cached_file_loads_without_asking_the_hub(tmp_path):
+    """Online but with the hub unreachable, a cached file still loads (the cache is read as
+    is, no update check)."""
+    path, _ = write_hub_cache(tmp_path / "hf", seed=3)
+    proc = run_python(LOAD, tmp_path / "hf", False, str(path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["same"] == out["keys"]

@@ -106,17 +106,17 @@ def _pretrained(name: str, kwargs: dict) -> nn.Module:
     """timm model ``name`` with its pretrained weights, loaded by timm from the hub cache (or
     downloaded into it); refused with the fetch command when they cannot be had."""
     cached = cached_timm_file(name)
-    if cached is None and offline():
+    if cached is not None:  # read the cached file itself: no hub request, with or without network
+        overlay = {"file": str(cached), "source": None}
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    if offline():
         raise unavailable(name, "HF_HUB_OFFLINE is set")
-    if cached is None:  # fail at once rather than after the hub client's minute of retries
-        unreachable = hub_unreachable()
-        if unreachable:
-            raise unavailable(name, unreachable)
+    unreachable = hub_unreachable()  # at once, rather than after the hub client's retries
+    if unreachable:
+        raise unavailable(name, unreachable)
     try:
         return timm.create_model(name, pretrained=True, **kwargs)
-    except (OSError, ValueError, RuntimeError) as err:  # the hub unreachable, a broken file
-        if cached is not None:
-            raise
+    except (OSError, ValueError, RuntimeError) as err:  # the download failed half-way
         raise unavailable(name, f"could not be downloaded ({type(err).__name__}: {err})") from err
 
 
