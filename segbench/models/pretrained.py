@@ -101,8 +101,8 @@ def hub_unreachable(timeout: float = 5.0) -> str | None:
 
 def fetch_timm(name: str, timeout: float = 20.0) -> Path:
     """Download timm model ``name``'s weights into the hub cache (a no-op when cached); the
-    hub's connection and read time-outs bounded by ``timeout`` seconds, so that a machine
-    without network fails fast. Returns the cached file."""
+    hub is tried once first (``timeout`` seconds), so that a machine without network fails
+    fast. Returns the cached file."""
     cached = cached_timm_file(name)
     if cached is not None:
         return cached
@@ -111,15 +111,14 @@ def fetch_timm(name: str, timeout: float = 20.0) -> Path:
     unreachable = hub_unreachable(timeout)
     if unreachable:
         raise unavailable(name, unreachable)
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(timeout)))
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(timeout)))
     from huggingface_hub import hf_hub_download
 
     repo, files = timm_source(name)
     errors = []
     for filename in files:
         try:
-            return Path(hf_hub_download(repo, filename, cache_dir=str(hub_cache())))
+            path = hf_hub_download(repo, filename, cache_dir=str(hub_cache()), etag_timeout=timeout)
+            return Path(path)
         except Exception as err:  # noqa: BLE001 - every hub failure is reported below
             errors.append(f"{filename}: {type(err).__name__}: {str(err).splitlines()[0]}")
     raise unavailable(name, "could not be downloaded (" + "; ".join(errors) + ")")
