@@ -59,6 +59,8 @@ class BoundaryOptions:
     iou_dilation: float = 0.02
 
     def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"boundary.enabled must be true or false, got {self.enabled!r}")
         for key in ("bf_tolerance", "iou_dilation"):
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and 0 < value < 1):

@@ -185,6 +185,8 @@ def test_options_are_checked():
     with pytest.raises(ValueError, match="boundary.dilation: unknown key"):
         BoundaryOptions.from_config({"dilation": 0.02})
     assert BoundaryOptions.from_config(None) == BoundaryOptions()
+    with pytest.raises(ValueError, match="boundary.enabled must be true or false, got 'no'"):
+        BoundaryOptions(enabled="no")
 
 
 def test_a_class_only_predicted_costs_boundary_iou_not_bf():

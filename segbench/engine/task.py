@@ -240,6 +240,7 @@ class SegmentationTask(pl.LightningModule):
                 classes, categories = instance_sums(pred, batch["instance"], self.num_classes)
                 extra["instance_classes"], extra["instance_categories"] = classes, categories
             self.per_image.add(batch["index"], batch["name"], counts, extra)
+            out = {**out, "pred": pred}  # for test_step: the class map is made once
         return out
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -249,7 +250,7 @@ class SegmentationTask(pl.LightningModule):
         """Returns the predictions ``pred (B, H, W)`` (and ``uncertainty (B, H, W)`` when the
         model gives one) for callbacks that save them."""
         out = self._eval_step(batch, "test", self.eval_split)
-        result = {"pred": class_map(out["out"])}
+        result = {"pred": out["pred"]}
         if "uncertainty" in out:
             result["uncertainty"] = out["uncertainty"]
         return result
