@@ -27,6 +27,7 @@ VERBS = {
     for verb in (
         Verb("leaderboard", "segbench.leaderboard.cli", "tables from results.json files or W&B"),
         Verb("compare", "segbench.leaderboard.compare", "paired significance test of two runs"),
+        Verb("repro-check", "segbench.leaderboard.repro", "runs vs their published figures"),
         Verb("check", "segbench.data.check", "scan a dataset for bad data (exit 1 if any)"),
         Verb("stats", "segbench.data.stats", "class pixel shares and class weights of a split"),
         Verb("preview", "segbench.data.preview", "save a grid of augmented training samples"),

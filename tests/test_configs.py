@@ -186,7 +186,10 @@ def test_every_logger_builds(logger, tmp_path):
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes(experiment, tmp_path):
-    cfg = compose_config("train", [f"experiment={experiment}"], tmp_path)
+    # backbone.pretrained=false: the tests never download (tests/test_reference.py checks what
+    # an experiment that starts from ImageNet weights says when they are not cached)
+    overrides = [f"experiment={experiment}", "backbone.pretrained=false"]
+    cfg = compose_config("train", overrides, tmp_path)
     assert build_model(cfg.model).num_classes == cfg.dataset.num_classes
 
 

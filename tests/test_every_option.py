@@ -172,7 +172,9 @@ def _scheduler(option: str) -> Check:
     def check(res: dict, run_dir: Path) -> None:
         lrs = _learning_rates(run_dir)
         assert len(lrs) >= 2, lrs
-        if option_yaml("scheduler", option):
+        if option == "step":  # step_size=1: x gamma after every step
+            assert lrs[1] == pytest.approx(lrs[0] * 0.1), lrs
+        elif option_yaml("scheduler", option):
             assert lrs[-1] < lrs[0], lrs  # decays from the first step on
         else:
             assert len(set(lrs)) == 1, lrs  # scheduler=none: a constant learning rate
@@ -325,6 +327,10 @@ def experiment_cases(name: str) -> list[Case]:
     picks = experiment_defaults(name)
     dataset = picks.get("dataset", "shapes")
     overrides = [f"experiment={name}", "trainer.devices=1", "trainer.max_steps=1", *LEAN]
+    if option_yaml("experiment", name).get("backbone", {}).get("pretrained"):
+        # the paper's ImageNet start: these tests never touch the network (the loading itself
+        # is tested offline in tests/test_pretrained.py and tests/test_reference.py)
+        overrides.append("backbone.pretrained=false")
     if option_yaml("experiment", name).get("trainer", {}).get("val_check_interval"):
         overrides.append("trainer.val_check_interval=1")  # every N > 1 steps, across epochs
     if picks.get("trainer") in ("ddp", "ddp_cpu"):
@@ -383,7 +389,9 @@ def build_train_cases() -> list[Case]:
         for option in options(group):
             add(group, option)
     for option in options("scheduler"):
-        add("scheduler", option, TWO_STEPS)
+        # step: decay after the first step, so that two steps show it
+        own = ["scheduler.step_size=1"] if option == "step" else []
+        add("scheduler", option, [*TWO_STEPS, *own])
     for group in ("inference", "logger"):
         for option in options(group):
             add(group, option)

@@ -306,6 +306,7 @@ def merge_eval_config(cfg: DictConfig, trained: DictConfig, ckpt_path: str) -> D
             "task": trained.get("task"),  # how it was trained; evaluation is the same for all
             "loss": cfg.loss if cfg.get("loss") is not None else trained.loss,
             "inference": cfg.get("inference"),  # an evaluation choice, not the training run's
+            "reference": trained.get("reference"),  # the published figures it reproduces
         }
     )
     merged.dataset = OmegaConf.to_container(merged.dataset, resolve=True)

@@ -57,6 +57,7 @@ RESUMABLE_KEYS = (
     "inference",
     "bootstrap",
     "boundary",
+    "reference",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
     "dataset.num_workers",
@@ -76,6 +77,7 @@ ADDED_KEYS = {
     "model.crf.normalization": "after",  # DeepLab v1 + CRF before Krähenbühl's normalisation
     "model.separable": False,  # DeepLab v3+ (an architecture key: a difference is refused)
     "backbone.pretrained_tag": None,  # timm's default weights
+    "reference": None,  # the published figures (documentation, not training)
     **{f"val_inference.{k}": None for k in ("mode", "crop", "stride", "scales", "flip")},
 }
 STAGES = {"train": 0, "val": 1, "test": 2}

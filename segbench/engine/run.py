@@ -29,6 +29,7 @@ from segbench.engine.loggers import CSVLogger, end_wandb_run
 from segbench.engine.resume import RunState, check_resume_config, resolve_resume
 from segbench.engine.rundir import release
 from segbench.engine.scoring import score, start_run
+from segbench.reference import check_reference
 
 __all__ = ["evaluate", "train"]
 
@@ -58,6 +59,7 @@ def train(cfg: DictConfig) -> dict:
 
 
 def _train(cfg: DictConfig) -> dict:
+    check_reference(cfg.get("reference"))  # a malformed block is refused before any work
     run = start_run(cfg, "train")
     ckpt_path = resolve_resume(cfg.get("resume"), cfg.output_dir)
 

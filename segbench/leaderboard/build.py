@@ -28,14 +28,17 @@ __all__ = [
 
 # column choices, in table order ("classes": one IoU column per class)
 METRIC_CHOICES = (
-    *("mIoU", "classes", "pixel_acc", "mean_acc", "fwIoU", "mDice", "bf", "boundary_iou"),
+    *("mIoU", "published", "classes", "pixel_acc", "mean_acc", "fwIoU", "mDice"),
+    *("bf", "boundary_iou"),
     *("iIoU", "category_mIoU", "category_iIoU"),
     *("ece", "nll", "brier", "params", "gflops", "throughput", "eval_mode", "date"),
 )
 DEFAULT_METRICS = tuple(
     m
     for m in METRIC_CHOICES
-    if m not in ("fwIoU", "mDice", "bf", "boundary_iou", "iIoU", "category_mIoU", "category_iIoU")
+    if m
+    not in ("published", "fwIoU", "mDice", "bf", "boundary_iou")
+    + ("iIoU", "category_mIoU", "category_iIoU")
 )
 # tables laid out as a paper prints them: the columns in this order, under these headers
 # (``classes`` first when class columns are asked for)
@@ -54,6 +57,8 @@ PRESETS = {
 # (key, header, kind) of the columns other than the classes'
 COLUMNS = {
     "mIoU": ("mIoU", "score"),
+    # the mIoU its source published on the run's split (config.reference, segbench/reference.py)
+    "published": ("published mIoU", "published"),
     "pixel_acc": ("pixel acc", "score"),
     "mean_acc": ("mean acc", "score"),
     "fwIoU": ("fwIoU", "score"),
@@ -77,6 +82,7 @@ RUN_IDENTITY_KEYS = (
     *("seed", "output_dir", "run_name", "resume", "ckpt", "split", "data_root", "hydra"),
     *("callbacks", "logger", "bootstrap", "dataset.source.root", "dataset.num_workers"),
     *("trainer.enable_progress_bar", "trainer.log_every_n_steps", "dataset.cache", "fast"),
+    "reference",  # the published figures of the configuration: the same for all its runs
 )
 
 
@@ -250,7 +256,7 @@ def _columns(
     for key in order:
         if key == "classes":
             columns += [Column(f"iou/{c}", c, "score") for c in shown]
-        elif key in ("ece", "nll", "brier", "params", "gflops", "throughput") and all(
+        elif key in ("published", "ece", "nll", "brier", "params", "gflops", "throughput") and all(
             r.stats[key].mean is None for r in rows
         ):
             continue  # where measured: left out when no row has it

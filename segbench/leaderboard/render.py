@@ -67,7 +67,8 @@ def scaled(board: Leaderboard, row: Row, column: Column) -> Stat:
     """
     stat = row.stats[column.key]
     percent = 100.0 if board.percent else 1.0
-    scale = {"score": percent, "lower_score": percent, "params": 1e-6}.get(column.kind, 1.0)
+    scale = {"score": percent, "lower_score": percent, "published": percent, "params": 1e-6}
+    scale = scale.get(column.kind, 1.0)
     if stat.mean is None or scale == 1.0:
         return stat
     return Stat(stat.mean * scale, None if stat.std is None else stat.std * scale, stat.count)
@@ -100,6 +101,8 @@ def cell_text(board: Leaderboard, row: Row, column: Column) -> str:
         return ABSENT
     if column.kind == "gflops":
         return f"{stat.mean:.3g}" if stat.mean < 10 else f"{stat.mean:.1f}"
+    if column.kind == "published":  # as printed in the source: one decimal, no spread
+        return f"{stat.mean:.1f}" if board.percent else f"{stat.mean:.3f}"
     digits = _decimals(board, column)
     text = f"{stat.mean:.{digits}f}"
     if column.kind == "params":  # one count per configuration
@@ -177,6 +180,11 @@ def notes(board: Leaderboard) -> list[str]:
         )
     if "throughput" in keys:
         out.append("images/s: inference throughput measured by the run.")
+    if "published" in keys:
+        out.append(
+            "published mIoU: the figure the configuration's source reports on the same split "
+            f"(config.reference; `segbench repro-check` compares); {ABSENT}: none on that split."
+        )
     headers = {c.key: c.header for c in board.columns}
     if headers.get("pixel_acc") == "G" or headers.get("mean_acc") == "C":
         out.append(
@@ -291,6 +299,8 @@ def table_rows(board: Leaderboard) -> tuple[list[str], list[list[Any]]]:
                     low, high = row.intervals.get(column.key, (None, None))
                     values += [None if low is None else low * scale]
                     values += [None if high is None else high * scale]
+            elif column.kind == "published":
+                values.append(scaled(board, row, column).mean)
             elif column.kind in ("params", "gflops"):
                 mean = row.stats[column.key].mean
                 values.append(round(mean) if column.kind == "params" and mean is not None else mean)

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from segbench.leaderboard.records import SCORES, parse_date, throughput
+from segbench.reference import published
 
 __all__ = ["Column", "Leaderboard", "Row", "Stat"]
 
@@ -74,6 +75,9 @@ class Row:
         for key in ("params", "gflops"):
             self.stats[key] = Stat.of(r.get(key) for r in self.records)
         self.stats["throughput"] = Stat.of(throughput(r) for r in self.records)
+        values = {published(r) for r in self.records} - {None}  # one per configuration
+        value = values.pop() if len(values) == 1 else None
+        self.stats["published"] = Stat(None if value is None else value / 100.0, None, 1)
         for key in ("ece", "nll", "brier"):
             self.stats[key] = Stat.of((r.get("calibration") or {}).get(key) for r in self.records)
 
