@@ -154,7 +154,10 @@ def test_every_loss_builds(loss, tmp_path):
 @pytest.mark.parametrize("optimizer", options("optimizer"))
 @pytest.mark.parametrize("scheduler", options("scheduler"))
 def test_every_optimizer_and_scheduler(optimizer, scheduler, tmp_path):
-    cfg = compose_config("train", [f"optimizer={optimizer}", f"scheduler={scheduler}"], tmp_path)
+    overrides = [f"optimizer={optimizer}", f"scheduler={scheduler}"]
+    if scheduler == "step":  # x0.1 every 3 of the 10 steps (DeepLab v1's: every 2,000)
+        overrides.append("scheduler.step_size=3")
+    cfg = compose_config("train", overrides, tmp_path)
     params = [torch.nn.Parameter(torch.zeros(3))]
     opt = instantiate(cfg.optimizer)(params)
     if cfg.scheduler:
@@ -165,6 +168,8 @@ def test_every_optimizer_and_scheduler(optimizer, scheduler, tmp_path):
             sched.step()
             lrs.append(opt.param_groups[0]["lr"])
         assert lrs[-1] < cfg.optimizer.lr  # every schedule decays over the run
+        if scheduler == "step":  # after steps 3, 6, 9: three decays of 10x
+            assert lrs[-1] == pytest.approx(cfg.optimizer.lr * 1e-3)
 
 
 @pytest.mark.parametrize("trainer", options("trainer"))

@@ -338,7 +338,7 @@ def test_search_sweeper_composes():
 # experiment names: <model>_<backbone>_<gpus>xb<batch>-<schedule>_<dataset>-<crop>[_<tag>]
 # (a tag names the budget a run is made for: cpu-30min)
 NAME = re.compile(
-    r"^(?P<model>[a-z0-9]+)_(?P<backbone>[a-z0-9-]+)_(?P<gpus>\d+)xb(?P<batch>\d+)"
+    r"^(?P<model>[a-z0-9-]+)_(?P<backbone>[a-z0-9-]+)_(?P<gpus>\d+)xb(?P<batch>\d+)"
     r"-(?P<steps>\d+)(?P<unit>[ke])_(?P<dataset>[a-z0-9_]+)-(?P<crop>\d+(x\d+)?)"
     r"(?:_(?P<tag>[a-z0-9-]+))?$"
 )
@@ -347,6 +347,8 @@ BACKBONES = {
     "r18": ("resnet18", None),
     "r50-d8": ("resnet50", 8),
     "vgg16": ("vgg16", None),
+    "vgg16-d8": ("vgg16", 8),  # DeepLab v1's dilated VGG16
+    "segnet-basic": ("segnet_basic", None),
     "vgg16bn": ("vgg16_bn", None),
     "unet-bn": ("unet", None),
 }
@@ -363,7 +365,7 @@ def test_experiment_name_tells_its_settings(name, tmp_path):
     assert parts, f"{name} does not follow <model>_<backbone>_<N>xb<B>-<schedule>_<dataset>-<crop>"
     data_root = tmp_path / "data"
     cfg = compose_config("train", [f"experiment={name}", f"data_root={data_root}"], tmp_path)
-    assert cfg.model.name == parts["model"]
+    assert cfg.model.name == parts["model"].replace("-", "_")  # model names use _
     backbone, stride = BACKBONES[parts["backbone"]]
     assert cfg.backbone.name == backbone
     assert cfg.model.get("output_stride") == stride
