@@ -1,0 +1,1 @@
+"""A trained model in use: ``segbench predict``, ``segbench export`` and ``segbench serve``."""

@@ -1,0 +1,156 @@
+"""``segbench serve ckpt=PATH [port=8000] [host=127.0.0.1] [max_upload_mb=10] ...``: a web page
+and a JSON API around a checkpoint (FastAPI + uvicorn).
+
+- ``GET /``: a page where a person uploads or drops an image and sees it, the overlay, a legend
+  of class shares and (Bayesian SegNet) the uncertainty map; no external assets.
+- ``POST /predict`` (multipart field ``file``): ``{classes_png, overlay_png, uncertainty_png?
+  (base64 PNGs; classes_png a palette PNG of the class indices), shares, width, height,
+  seconds (the network), total_seconds}``.
+- ``GET /health``, ``GET /model`` (:meth:`Predictor.info`: model, dataset, classes, palette and
+  the figures of the checkpoint's ``results.json``).
+
+The model is loaded once. Predictions are serialised by a lock: on a 2-core CPU one forward pass
+already uses both cores (PyTorch's intra-op threads), so two at once only share them, and each
+request computes and returns its own image's result. An upload larger than ``max_upload_mb`` is
+refused with 413 (from its declared length before the body is read, else as it is read), a
+content type that is not an image with 415, bytes that do not decode as an image with 400.
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+import threading
+import time
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse
+
+from segbench.deploy.args import parse_key_values
+from segbench.deploy.images import (
+    ImageError,
+    class_shares,
+    decode_image,
+    palette_png_bytes,
+    png_bytes,
+)
+
+__all__ = ["create_app", "main"]
+
+STATIC = Path(__file__).with_name("static")
+OWN = {
+    "ckpt": (None, "a checkpoint train.py wrote"),
+    "host": ("127.0.0.1", "address to listen on (0.0.0.0: every interface)"),
+    "port": (8000, "port to listen on"),
+    "max_upload_mb": (10.0, "largest accepted upload, in MB"),
+    "device": ("", "cpu, cuda, ... (default: a GPU when there is one)"),
+}
+MULTIPART_SLACK = 64 * 1024  # headers and boundaries around the file in a multipart body
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def create_app(predictor, max_upload_mb: float = 10.0):
+    """The FastAPI application around ``predictor`` (a :class:`Predictor`, loaded once)."""
+    limit = int(max_upload_mb * 1024 * 1024)
+    lock = threading.Lock()
+    info = predictor.info()
+    app = FastAPI(title="segbench", version="1")
+
+    def _predict(image):
+        with lock:  # one forward pass at a time: it uses every core already
+            return predictor.predict(image)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return (STATIC / "page.html").read_text(encoding="utf-8")
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "model": info["model"], "dataset": info["dataset"]}
+
+    @app.get("/model")
+    def model() -> dict:
+        return {**info, "max_upload_mb": max_upload_mb}
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict:
+        start = time.perf_counter()
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit + MULTIPART_SLACK:
+            raise HTTPException(
+                413, f"upload of {int(declared)} bytes: the limit is {max_upload_mb:g} MB"
+            )
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise HTTPException(
+                400, "expected a multipart/form-data body with the image in a field named 'file'"
+            )
+        form = await request.form(max_files=1, max_fields=4)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(400, "no file in the form: send the image in a field named 'file'")
+        kind = (upload.content_type or "").split(";")[0].strip()
+        if not kind.startswith("image/"):
+            raise HTTPException(
+                415, f"{upload.filename}: content type {kind or 'none'!r} is not an image"
+            )
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise HTTPException(
+                413, f"{upload.filename}: larger than the limit of {max_upload_mb:g} MB"
+            )
+        try:
+            image = decode_image(data, upload.filename or "upload")
+        except ImageError as err:
+            raise HTTPException(400, str(err)) from None
+        pred = await run_in_threadpool(_predict, image)
+        body = {
+            "filename": upload.filename,
+            "width": int(image.shape[1]),
+            "height": int(image.shape[0]),
+            "classes_png": _b64(palette_png_bytes(pred.classes, predictor.palette)),
+            "overlay_png": _b64(png_bytes(predictor.overlay(image, pred))),
+            "shares": class_shares(pred.classes, predictor.class_names),
+            "palette": predictor.palette,
+            "seconds": pred.seconds,
+        }
+        if pred.uncertainty is not None:
+            from segbench.plots import heatmap
+
+            body["uncertainty_png"] = _b64(png_bytes(heatmap(pred.uncertainty)))
+        body["total_seconds"] = time.perf_counter() - start
+        return body
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``segbench serve``: runs until interrupted."""
+    args = parse_key_values("serve", "Serve a checkpoint as a web page and a JSON API.", OWN, argv)
+    if args.max_upload_mb <= 0:
+        raise SystemExit(f"error: max_upload_mb={args.max_upload_mb}: expected a size > 0")
+    import uvicorn
+
+    from segbench.deploy.predictor import Predictor
+    from segbench.engine.checkpoint import CheckpointError
+
+    try:
+        predictor = Predictor(args.ckpt, args.overrides, device=args.device or None)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    app = create_app(predictor, args.max_upload_mb)
+    print(
+        f"segbench serve: {predictor.info()['model']} on http://{args.host}:{args.port}/",
+        flush=True,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
