@@ -97,13 +97,18 @@ def save_palette_png(mask: np.ndarray, palette: Sequence[Sequence[int]], path: P
         raise ValueError(
             f"{path}: a palette PNG holds values 0-255, got {mask.min()}..{mask.max()}"
         )
-    image = Image.fromarray(mask.astype(np.uint8), mode="L").convert("P")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    palette_image(mask, palette).save(path)
+    return path
+
+
+def palette_image(mask: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Image:
+    """A label map (values 0-255) as a PIL palette image in ``palette``'s colours."""
+    image = Image.fromarray(np.asarray(mask).astype(np.uint8), mode="L").convert("P")
     flat = np.zeros((256, 3), dtype=np.uint8)
     flat[: len(palette)] = np.asarray(palette, dtype=np.uint8)
     image.putpalette(flat.ravel().tolist())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
+    return image
 
 
 def _pyplot():

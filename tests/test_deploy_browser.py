@@ -5,19 +5,15 @@ why, where they are not installed (``.ci/run`` installs them)."""
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
 from segbench.deploy.predictor import Predictor
-from segbench.deploy.server import create_app
 from tests.fixtures.checkpoints import untrained_checkpoint
-from tests.test_deploy_serve import free_port
+from tests.test_deploy_serve import start_server
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = [
@@ -31,16 +27,8 @@ pytestmark = [
 
 
 def serve(predictor):
-    port = free_port()
-    config = uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="error")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    return server, thread, f"http://127.0.0.1:{port}/"
+    server, thread, url = start_server(predictor)
+    return server, thread, url + "/"
 
 
 @pytest.fixture()

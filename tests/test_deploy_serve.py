@@ -92,9 +92,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(predictor):
-    """A real uvicorn server on a free port, in a thread."""
+def start_server(predictor) -> tuple[uvicorn.Server, threading.Thread, str]:
+    """A real uvicorn server around ``predictor`` on a free port, in a thread; and its URL."""
     port = free_port()
     config = uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="error")
     srv = uvicorn.Server(config)
@@ -104,7 +103,13 @@ def server(predictor):
     while not srv.started and time.time() < deadline:
         time.sleep(0.05)
     assert srv.started
-    yield f"http://127.0.0.1:{port}"
+    return srv, thread, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def server(predictor):
+    srv, thread, url = start_server(predictor)
+    yield url
     srv.should_exit = True
     thread.join(timeout=10)
 

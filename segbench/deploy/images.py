@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
-from segbench.plots import colorize
+from segbench.plots import colorize, palette_image
 
 __all__ = [
     "ImageError",
@@ -147,12 +147,8 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def palette_png_bytes(classes: np.ndarray, palette: Sequence[Sequence[int]]) -> bytes:
-    """A class map as a palette PNG (pixel values = class indices, shown in ``palette``'s
-    colours), as ``segbench.plots.save_palette_png`` writes it to a file."""
-    image = Image.fromarray(np.asarray(classes, dtype=np.uint8), mode="L").convert("P")
-    flat = np.zeros((256, 3), dtype=np.uint8)
-    flat[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    image.putpalette(flat.ravel().tolist())
+    """A class map as palette PNG bytes (pixel values = class indices), as
+    ``segbench.plots.save_palette_png`` writes it to a file."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    palette_image(classes, palette).save(buffer, format="PNG")
     return buffer.getvalue()
