@@ -400,7 +400,10 @@ def test_experiment_name_tells_its_settings(name, tmp_path):
 
 
 def check_forward(name: str, tmp_path: Path) -> None:
-    cfg = compose_config("train", [f"experiment={name}", f"data_root={tmp_path}"], tmp_path)
+    # backbone.pretrained=false: never downloads (tests/test_reference.py checks what an
+    # experiment that starts from ImageNet weights says when they are not cached)
+    overrides = [f"experiment={name}", f"data_root={tmp_path}", "backbone.pretrained=false"]
+    cfg = compose_config("train", overrides, tmp_path)
     net = build_model(cfg.model).eval()
     with torch.no_grad():
         out = net(torch.zeros(1, 3, 64, 64))["out"]
