@@ -18,6 +18,7 @@ from segbench.boundary import BoundaryOptions
 from segbench.data.datamodule import SegDataModule
 from segbench.data.stats import class_weights
 from segbench.engine.checkpoint import load_weights
+from segbench.engine.ema import EMA
 from segbench.engine.resume import AtomicCheckpointIO, RunState
 from segbench.engine.task import SegmentationTask
 from segbench.inference import Inference
@@ -204,6 +205,9 @@ def build_trainer(cfg: DictConfig, task: SegmentationTask | None = None) -> pl.T
     # the run state first: it seeds each batch and saves at its start, before any other
     # callback draws random numbers or logs for that batch
     callbacks.sort(key=lambda c: not isinstance(c, RunState))
+    ema = (cfg.get("ema") or {}).get("decay")
+    if ema is not None and task is not None:  # training only: evaluation loads the average
+        callbacks.append(EMA(ema))
     if not loggers:  # nothing to log the learning rate to (Lightning would refuse the monitor)
         dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
