@@ -104,6 +104,31 @@ def test_unet_on_timm_encoder_upsamples_bilinearly():
     assert model(x)["out"].shape == (1, 4, 65, 97)
 
 
+def test_unet_decodes_to_stride_4_when_the_backbone_leaves_out_stride_2(tmp_path):
+    """backbone.out_indices=[1,2,3,4] (the CamVid CPU experiment): no stride-2 skip, a decoder
+    one stage shorter, logits upsampled from stride 4; the encoder's weights are those of the
+    full encoder (the same seeded layers, one fewer level returned)."""
+    cfg = compose_config(
+        "train",
+        ["model=unet", "backbone=tiny_resnet", "backbone.out_indices=[1,2,3,4]"],
+        tmp_path,
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    assert model.encoder.strides == [4, 8, 16, 32]
+    assert len(model.decoder.blocks) == 3
+    torch.manual_seed(0)
+    full = TimmEncoder("test_resnet")
+    kept = model.encoder.state_dict()
+    assert kept and all(torch.equal(v, full.state_dict()[k]) for k, v in kept.items())
+    x = torch.randn(1, 3, 65, 97)
+    logits = model.head(model.decoder(model.encoder(x)))
+    assert logits.shape[-2:] == (17, 25)
+    assert model(x)["out"].shape == (1, cfg.dataset.num_classes, 65, 97)
+    with pytest.raises(ValueError, match=r"backbone\.out_indices=\[5\] does not fit timm model"):
+        TimmEncoder("test_resnet", out_indices=[5])
+
+
 def test_renet_vertical_sweep_stays_in_its_column():
     torch.manual_seed(0)
     layer = ReNetLayer(3, 4, patch_size=(2, 2)).eval()

@@ -78,6 +78,8 @@ ADDED_KEYS = {
     "model.separable": False,  # DeepLab v3+ (an architecture key: a difference is refused)
     "backbone.pretrained_tag": None,  # timm's default weights
     "reference": None,  # the published figures (documentation, not training)
+    "ema.decay": None,  # no moving average of the weights
+    "backbone.out_indices": None,  # every level of a timm encoder
     **{f"val_inference.{k}": None for k in ("mode", "crop", "stride", "scales", "flip")},
 }
 STAGES = {"train": 0, "val": 1, "test": 2}

@@ -89,7 +89,16 @@ class TimmEncoder(nn.Module):
             self.model = _pretrained(f"{name}.{pretrained_tag}" if pretrained_tag else name, kwargs)
         self.name = name
         if not hasattr(self, "model"):
-            self.model = timm.create_model(name, pretrained=pretrained, **kwargs)
+            try:
+                self.model = timm.create_model(name, pretrained=pretrained, **kwargs)
+            except (IndexError, AssertionError) as err:  # timm's own refusal names no key
+                if out_indices is None:
+                    raise
+                raise ValueError(
+                    f"backbone.out_indices={list(out_indices)} does not fit timm model {name!r} "
+                    f"({err}); expected feature indices from 0 (stride 2) up, e.g. [1, 2, 3, 4], "
+                    "or null for all of them"
+                ) from err
         info = self.model.feature_info
         self.channels: list[int] = list(info.channels())
         self.strides: list[int] = list(info.reduction())
