@@ -104,6 +104,24 @@ def test_unet_on_timm_encoder_upsamples_bilinearly():
     assert model(x)["out"].shape == (1, 4, 65, 97)
 
 
+def test_unet_levels_stay_anchored_at_the_top_left_whatever_the_size():
+    """A size that is no multiple of the total stride (CamVid's 360 rows, 270 at scale 0.75)
+    gives timm's encoder one cell too many at a coarse level; the surplus is at the bottom and
+    right. Cropped there, the decoder's features near the top-left corner do not depend on what
+    lies beyond it: the same as for a multiple of 32 holding the same pixels (a centre crop
+    would shift them by a coarse cell and change them)."""
+    torch.manual_seed(0)
+    model = UNet(TimmEncoder("test_resnet"), 4).eval()
+    x = torch.randn(1, 3, 256, 320)
+    larger = torch.randn(1, 3, 270, 360)  # 270 = 256 + 14: ceil-rounded levels one cell longer
+    larger[..., :256, :320] = x
+    with torch.no_grad():
+        a = model.decoder(model.encoder(x))  # (1, C, 128, 160)
+        b = model.decoder(model.encoder(larger))  # (1, C, 135, 180)
+    assert b.shape[-2:] == (135, 180)
+    assert torch.equal(a[..., :32, :32], b[..., :32, :32])
+
+
 def test_unet_decodes_to_stride_4_when_the_backbone_leaves_out_stride_2(tmp_path):
     """backbone.out_indices=[1,2,3,4] (the CamVid CPU experiment): no stride-2 skip, a decoder
     one stage shorter, logits upsampled from stride 4; the encoder's weights are those of the

@@ -117,12 +117,20 @@ class UNetEncoder(nn.Module):
 
 
 def _match(x: Tensor, size: torch.Size) -> Tensor:
-    """Centre-crop (as the paper crops) or zero-pad ``x`` to the spatial ``size``."""
+    """Crop or zero-pad the bottom and right of ``x`` to the spatial ``size``.
+
+    With padded convolutions every level is anchored at the top-left corner: cell ``i`` of a
+    stride-``s`` map sits at pixel ``s * i`` whether the encoder rounds sizes up (timm's strided
+    convolutions: the upsampled map has one cell too many) or down (max-pooling: one too few),
+    so the surplus or the shortfall is at the bottom and right. (The paper's centre crop suits
+    its unpadded convolutions, which lose as much on every side; here it would shift the map by
+    one cell of the coarser level, 16 pixels at stride 16.)
+    """
     dh, dw = size[0] - x.shape[-2], size[1] - x.shape[-1]
     if dh == 0 and dw == 0:
         return x
     # negative padding crops, so one call handles both directions per dimension
-    return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+    return F.pad(x, (0, dw, 0, dh))
 
 
 class UNetDecoder(nn.Module):
