@@ -10,6 +10,7 @@ from segbench.engine.build import build_model
 from segbench.models.base import count_parameters
 from segbench.models.encoders import TimmEncoder, VGGEncoder
 from segbench.models.reseg import ReNetLayer, ReSeg, ReSegDecoder
+from segbench.models.segnet import SegNet
 from segbench.models.unet import UNet, UNetEncoder
 from tests.conftest import compose_config
 
@@ -145,6 +146,30 @@ def test_unet_decodes_to_stride_4_when_the_backbone_leaves_out_stride_2(tmp_path
     assert model(x)["out"].shape == (1, cfg.dataset.num_classes, 65, 97)
     with pytest.raises(ValueError, match=r"backbone\.out_indices=\[5\] does not fit timm model"):
         TimmEncoder("test_resnet", out_indices=[5])
+
+
+@pytest.mark.parametrize("name", ["vgg_tiny", "unet_small"])
+def test_every_encoder_takes_out_indices_as_timm_numbers_them(name):
+    """backbone.out_indices on a VGG or U-Net encoder returns those levels of the full
+    encoder's output (same seeded weights), so an experiment that sets it also runs with
+    debug=fast's tiny backbone; a misfit is named, and SegNet refuses a partial encoder."""
+    torch.manual_seed(0)
+    full = ENCODERS[name]()
+    torch.manual_seed(0)
+    part = ENCODERS[name](out_indices=[1, 2])
+    assert part.strides == [full.strides[1], full.strides[2]]
+    assert part.channels == [full.channels[1], full.channels[2]]
+    x = torch.randn(2, 3, 40, 56)
+    full.eval(), part.eval()
+    want = full(x)
+    got = part(x)
+    assert len(got) == 2
+    assert torch.equal(got[0], want[1]) and torch.equal(got[1], want[2])
+    with pytest.raises(ValueError, match=r"backbone\.out_indices=\[2, 1\] does not fit encoder"):
+        ENCODERS[name](out_indices=[2, 1])
+    if name == "vgg_tiny":
+        with pytest.raises(ValueError, match=r"set backbone\.out_indices=null"):
+            SegNet(ENCODERS[name](out_indices=[1, 2, 3, 4]), 5)
 
 
 def test_renet_vertical_sweep_stays_in_its_column():

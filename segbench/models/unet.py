@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from segbench.models.base import SegmentationModel
 from segbench.models.blocks import conv_bn_relu
-from segbench.models.encoders import encoder_name, levels_until
+from segbench.models.encoders import encoder_name, pick_levels
 
 __all__ = ["UNet", "UNetDecoder", "UNetEncoder"]
 
@@ -59,6 +59,8 @@ class UNetEncoder(nn.Module):
         until_stride: return the levels up to the first one at this stride or coarser (ReSeg:
             4); ``None``: all of them. The later levels are made (a seeded encoder draws the
             same weights either way) but not kept.
+        out_indices: which levels ``forward`` returns (timm's numbering: 0 = stride 1 here);
+            ``None``: all of them.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class UNetEncoder(nn.Module):
         weights: str | None = None,
         output_stride: int | None = None,
         until_stride: int | None = None,
+        out_indices: list[int] | tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         widths = [int(w) for w in widths]
@@ -92,9 +95,10 @@ class UNetEncoder(nn.Module):
         self.name = name
         self.batch_norm = batch_norm
         strides = [2**i for i in range(len(widths))]
-        n = levels_until(strides, until_stride)
-        self.channels: list[int] = widths[:n]
-        self.strides: list[int] = strides[:n]
+        self.out_levels = pick_levels(name, strides, out_indices, until_stride, "stride 1")
+        n = self.out_levels[-1] + 1
+        self.channels: list[int] = [widths[i] for i in self.out_levels]
+        self.strides: list[int] = [strides[i] for i in self.out_levels]
         self.output_stride = self.strides[-1]
         self.pool = nn.MaxPool2d(2, 2)
         levels, c_in = [], in_chans
@@ -110,7 +114,7 @@ class UNetEncoder(nn.Module):
                 x = self.pool(x)  # (B, C, H/2^i, W/2^i), floor for odd sizes
             x = level(x)  # (B, widths[i], H/2^i, W/2^i)
             features.append(x)
-        return features
+        return [features[i] for i in self.out_levels]
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, channels={self.channels}, strides={self.strides}"

@@ -5,6 +5,7 @@ encoders that keep their pooling switches (``vgg``). U-Net's contracting path li
 from segbench.models.encoders.base import (
     encoder_name,
     levels_until,
+    pick_levels,
     require_dilated,
     require_pooling,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "VGGEncoder",
     "encoder_name",
     "levels_until",
+    "pick_levels",
     "require_dilated",
     "require_pooling",
 ]

@@ -45,6 +45,30 @@ def levels_until(strides: Sequence[int], until_stride: int | None) -> int:
     return len(strides)
 
 
+def pick_levels(
+    name: str,
+    strides: Sequence[int],
+    out_indices: Sequence[int] | None,
+    until_stride: int | None,
+    first: str,
+) -> list[int]:
+    """The indices of the levels an encoder returns: ``out_indices`` (all when ``None``; timm's
+    numbering, finest first, so that ``backbone.out_indices`` means the same on every encoder),
+    then cut at ``until_stride`` (:func:`levels_until`). ``first`` names level 0 in the error.
+    """
+    levels = list(range(len(strides)))
+    if out_indices is not None:
+        picked = [int(i) for i in out_indices]
+        if not picked or picked != sorted(set(picked)) or not set(picked) <= set(levels):
+            raise ValueError(
+                f"backbone.out_indices={list(out_indices)} does not fit encoder {name!r}: "
+                f"expected increasing level indices among {levels} (0 = {first}), or null for "
+                "every level"
+            )
+        levels = picked
+    return levels[: levels_until([strides[i] for i in levels], until_stride)]
+
+
 def require_dilated(
     encoder: nn.Module,
     output_stride: int,
@@ -83,6 +107,12 @@ def require_pooling(encoder: nn.Module, model_name: str) -> None:
             f"{model_name} upsamples with the encoder's max-pooling indices, but encoder "
             f"{name!r} does not return them (it has no `forward_with_indices`/`stage_convs`); "
             f"{use}"
+        )
+    if getattr(encoder, "out_levels", None) not in (None, list(range(len(encoder.stage_convs)))):
+        raise ValueError(
+            f"{model_name} unpools through every level of the encoder, but encoder {name!r} "
+            f"returns only the levels {encoder.out_levels} (backbone.out_indices); set "
+            "backbone.out_indices=null"
         )
     if encoder.output_stride != encoder.natural_stride:
         raise ValueError(

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from segbench.models.encoders.base import levels_until
+from segbench.models.encoders.base import pick_levels
 from segbench.models.pretrained import TORCHVISION, fetch_torchvision
 from segbench.models.weights import read_state_dict, state_dict_mismatch
 
@@ -58,6 +58,10 @@ class VGGEncoder(nn.Module):
             ``pretrained``).
         until_stride: return the stages up to the first one at this stride or coarser (ReSeg:
             4); ``None``: all of them.
+        out_indices: which pooled levels ``forward`` returns (0 = pool1 at stride 2, as timm
+            numbers its feature levels, so an experiment's ``backbone.out_indices`` means the
+            same on either encoder); ``None``: all of them. ``forward_with_indices`` always
+            returns every level (an unpooling decoder needs them all).
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class VGGEncoder(nn.Module):
         pretrained: bool = False,
         weights: str | None = None,
         until_stride: int | None = None,
+        out_indices: list[int] | tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         if stages is None:
@@ -129,13 +134,15 @@ class VGGEncoder(nn.Module):
                 "pretrained backbone such as backbone=vgg16_bn or backbone=resnet18"
             )
 
-        n = levels_until(strides, until_stride)
-        self.features = self.features[: pool_at[n - 1] + 1]
-        self.channels: list[int] = channels[:n]
-        self.strides: list[int] = strides[:n]
-        self.stage_convs: list[int] = [len(s) for s in stages[:n]]
-        self.output_stride = strides[n - 1]
-        self.dilation = dilations[n - 1]  # dilation a layer after the encoder needs for its view
+        levels = pick_levels(name, strides, out_indices, until_stride, "pool1, stride 2")
+        deepest = levels[-1]
+        self.features = self.features[: pool_at[deepest] + 1]
+        self.out_levels: list[int] = levels  # the pooled levels forward returns
+        self.channels: list[int] = [channels[i] for i in levels]
+        self.strides: list[int] = [strides[i] for i in levels]
+        self.stage_convs: list[int] = [len(s) for s in stages[: deepest + 1]]
+        self.output_stride = strides[deepest]
+        self.dilation = dilations[deepest]  # dilation a layer after the encoder needs for its view
 
     def load_weights(self, path: str) -> None:
         """Load ``features.*`` tensors from a local torchvision/timm VGG state dict (read as
@@ -190,7 +197,8 @@ class VGGEncoder(nn.Module):
         return features, indices, sizes
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        return self.forward_with_indices(x)[0]
+        features = self.forward_with_indices(x)[0]
+        return [features[i] for i in self.out_levels]
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, channels={self.channels}, strides={self.strides}"
