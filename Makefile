@@ -6,6 +6,8 @@
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 RUN := $(UV) run --frozen
+# pytest workers for `make test` (pytest-xdist; each runs one compute thread, tests/conftest.py)
+JOBS ?= 2
 
 .PHONY: setup train test test-all lint format clean
 
@@ -20,7 +22,7 @@ train: setup
 	$(RUN) python train.py $(ARGS)
 
 test: setup
-	$(RUN) pytest -q -m "not slow" $(ARGS)
+	$(RUN) pytest -q -n $(JOBS) -m "not slow" $(ARGS)
 
 test-all: setup
 	$(RUN) pytest -q $(ARGS)

@@ -13,6 +13,14 @@ from omegaconf import DictConfig
 from segbench.config import CONF, compose
 
 ROOT = Path(__file__).resolve().parents[1]
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on a 2-core machine: one compute thread each (and in
+    # the commands they start), instead of two each fighting over the same cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 __all__ = [
     "CONF",
     "CONFIG_GROUPS",
