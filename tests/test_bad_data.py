@@ -17,10 +17,10 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from segbench.data.ade20k import ADE20KDataset
-from segbench.data.base import DataError, DataWarning
 from segbench.data.camvid import CamVidDataset
 from segbench.data.check import main as check_main
 from segbench.data.cityscapes import CityscapesDataset
+from segbench.data.errors import DataError, DataWarning
 from segbench.data.folder import FolderDataset
 from segbench.data.shapes import ShapesDataset
 from segbench.data.transforms import SegTransform

@@ -10,8 +10,8 @@ import pytest
 from hydra.utils import instantiate
 from PIL import Image
 
-from segbench.data.base import DataError
 from segbench.data.camvid import CamVidDataset
+from segbench.data.errors import DataError
 from tests.conftest import ROOT, compose_config
 from tests.fixtures.camvid import first, write_camvid
 

@@ -13,8 +13,8 @@ from PIL import Image
 from torchvision.datasets import Cityscapes
 
 from segbench.data.ade20k import ADE20KDataset
-from segbench.data.base import DataError
 from segbench.data.cityscapes import CLASS_NAMES, PALETTE, CityscapesDataset
+from segbench.data.errors import DataError
 from tests.conftest import compose_config
 from tests.fixtures.ade20k import write_ade20k
 from tests.fixtures.cityscapes import write_cityscapes

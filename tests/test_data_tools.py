@@ -15,8 +15,8 @@ from hydra.utils import instantiate
 from PIL import Image
 
 import segbench.data.stats as stats_module
-from segbench.data.base import DataError
 from segbench.data.check import main as check_main
+from segbench.data.errors import DataError
 from segbench.data.folder import FolderDataset
 from segbench.data.stats import class_statistics, weights_from
 from segbench.data.transforms import SegTransform, collate

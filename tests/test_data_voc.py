@@ -14,7 +14,7 @@ import scipy.io
 from hydra.utils import instantiate
 from PIL import Image
 
-from segbench.data.base import DataError
+from segbench.data.errors import DataError
 from segbench.data.sbd import main, read_sbd_mat
 from segbench.data.voc import VOCAugDataset, VOCDataset, voc_colormap
 from tests.conftest import ROOT, compose_config

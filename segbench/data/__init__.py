@@ -4,7 +4,9 @@
 friends) should not pay for importing Lightning before they need it.
 """
 
-from segbench.data.base import DataError, SegmentationDataset, validate_sample
+from segbench.data.base import SegmentationDataset
+from segbench.data.errors import DataError
+from segbench.data.labels import validate_sample
 
 __all__ = ["DataError", "SegDataModule", "SegmentationDataset", "validate_sample"]
 

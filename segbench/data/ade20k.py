@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.data.base import FilePairDataset, dataset_root, label_values
+from segbench.data.base import FilePairDataset
+from segbench.data.files import dataset_root
+from segbench.data.labels import label_values
 from segbench.data.splits import empty_split_error
 
 __all__ = ["SPLIT_DIRS", "ADE20KDataset", "reduce_zero_label_lut"]

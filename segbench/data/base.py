@@ -1,143 +1,33 @@
-"""The dataset contract, datasets of image/mask file pairs, and the label checks shared by
-loading, training and ``segbench check``."""
+"""The dataset contract (:class:`SegmentationDataset`: loading, checking every sample once and
+remembering the scan, the in-memory cache) and datasets of image/mask file pairs
+(:class:`FilePairDataset`). The checks of one sample are in :mod:`segbench.data.labels`, the
+reading of files in :mod:`segbench.data.files`."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from segbench.data.cache import cache_dir
+from segbench.data.errors import DataError, DataWarning
+from segbench.data.files import image_shape, read_image, read_label_png
+from segbench.data.labels import format_problems, label_values, sample_problems, validate_sample
 from segbench.data.masks import binary_encoding, smoothed_labels
 
-__all__ = [
-    "DataError",
-    "DataWarning",
-    "FilePairDataset",
-    "SampleCheck",
-    "SegmentationDataset",
-    "format_problems",
-    "label_values",
-    "sample_problems",
-    "validate_sample",
-]
+__all__ = ["FilePairDataset", "SampleCheck", "SegmentationDataset"]
 
 # part of every remembered-scan key: a scan that passed before the checks grew is run again
 SCAN_VERSION = 2
-
-
-class DataError(ValueError):
-    """Bad data on disk; the message names the file(s) and says what was expected."""
-
-
-class DataWarning(UserWarning):
-    """Data on disk that is probably wrong but may be legitimate; the message names the
-    file(s). Emitted with :func:`warnings.warn`; ``segbench check`` prints them."""
-
-
-def label_values(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct values of ``mask`` and their pixel counts (a histogram for 8-bit masks)."""
-    if mask.dtype == np.uint8:  # runs for every loaded sample: O(n), unique() sorts
-        counts = np.bincount(mask.ravel(), minlength=256)
-        values = np.flatnonzero(counts)
-        return values, counts[values]
-    return np.unique(mask, return_counts=True)
-
-
-def _label_hint(values: np.ndarray, num_classes: int) -> str:
-    """A likely cause of out-of-range labels, from the values seen."""
-    present = set(values.tolist())
-    if present <= {0, 255} and 255 in present:
-        return " (a binary mask stored as 0/255? foreground must be stored as 1)"
-    if num_classes == 19 and max(present) <= 33:
-        return (
-            " (Cityscapes label ids 0-33 not converted to the 19 train ids? dataset=cityscapes "
-            "reads *_gtFine_labelIds.png and maps them)"
-        )
-    if num_classes <= 64 and (max(present) >= 2 * num_classes or present & {128, 192}):
-        return " (an RGB colour mask converted to grey? masks must hold class indices)"
-    return ""
-
-
-def sample_problems(
-    image_shape: tuple[int, ...],
-    mask: np.ndarray,
-    num_classes: int,
-    ignore_index: int | None,
-    source: str,
-    hint: str | None = None,
-) -> list[str]:
-    """What is wrong with one sample (empty if nothing); each message starts with ``source``.
-
-    ``image_shape`` is the ``(H, W, 3)`` shape of the image (its pixels are not needed).
-    ``hint`` replaces the guessed cause of out-of-range labels (``" (...)"``).
-    """
-    if len(image_shape) != 3 or image_shape[2] != 3:
-        return [f"{source}: expected an RGB image of shape (H, W, 3), got {image_shape}"]
-    if mask.ndim != 2:
-        return [f"{source}: expected a single-channel label mask (H, W), got shape {mask.shape}"]
-    problems = []
-    if tuple(image_shape[:2]) != mask.shape:
-        problems.append(
-            f"{source}: image size {image_shape[1]}x{image_shape[0]} does not match "
-            f"mask size {mask.shape[1]}x{mask.shape[0]} (W x H)"
-        )
-    values, _ = label_values(mask)
-    bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_index)]
-    if bad.size:
-        problems.append(
-            f"{source}: label values {_values_text(bad.tolist())} lie outside "
-            f"[0, {num_classes}) and are not the ignore index "
-            f"({ignore_index}){_label_hint(values, num_classes) if hint is None else hint}"
-        )
-    return problems
-
-
-def _values_text(values: list[int], shown: int = 12) -> str:
-    """``values`` as a list, shortened to its ends when long (a JPEG-compressed 0/255 mask
-    holds some 250 values)."""
-    if len(values) <= shown:
-        return str(values)
-    head = ", ".join(str(v) for v in values[: shown - 2])
-    return f"[{head}, ..., {values[-2]}, {values[-1]}] ({len(values)} values)"
-
-
-# smoothed_labels: a mask made of regions has few label changes; most of a smoothed one's lie
-# on gradual transitions. Measured on the 468 CamVid masks of the SegNet release: 0-2.9% of
-# their label changes are gradual; saved as JPEG (quality 30-95) or resized bilinearly, 23-62%.
-def validate_sample(
-    image_shape: tuple[int, ...],
-    mask: np.ndarray,
-    num_classes: int,
-    ignore_index: int | None,
-    source: str,
-) -> None:
-    """Raise :class:`DataError` naming ``source`` if image and mask disagree or a label is
-    invalid."""
-    problems = sample_problems(image_shape, mask, num_classes, ignore_index, source)
-    if problems:
-        raise DataError(problems[0])
-
-
-def format_problems(where: str, problems: list[str], limit: int = 20, what: str = "problem") -> str:
-    """One message listing (the first ``limit`` of) ``problems`` found in ``where``
-    (``what``: ``"warning"`` for :class:`DataWarning` texts)."""
-    head = f"{where}: {len(problems)} {what}{'s' if len(problems) != 1 else ''} in the data"
-    lines = [f"  {p}" for p in problems[:limit]]
-    if len(problems) > limit:
-        lines.append(f"  ... and {len(problems) - limit} more")
-    return "\n".join([head, *lines])
 
 
 class SampleCheck(NamedTuple):
@@ -366,121 +256,6 @@ def _examples(names: Sequence[str], shown: int = 3) -> str:
     """``e.g. a, b, c`` of the first ``shown`` of ``names``."""
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return f"e.g. {', '.join(names[:shown])}{more}" if len(names) > 1 else names[0]
-
-
-def dataset_root(root: str | Path, what: str, layout: str) -> Path:
-    """``root`` as a path, or ``FileNotFoundError`` naming the absolute directory that was
-    expected (``what``, e.g. ``"CamVid root"``) and the official ``layout``."""
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"{what} {str(path.absolute())!r} does not exist; {layout}")
-    return path
-
-
-# the last bytes of a complete file: JPEG's end-of-image marker, PNG's IEND chunk (type + CRC)
-END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
-
-
-def _file_size(path: Path) -> str:
-    try:
-        return f"{Path(path).stat().st_size} bytes"
-    except OSError:
-        return "size unknown"
-
-
-def _unreadable(path: Path, what: str, err: Exception) -> DataError:
-    """The error of a file PIL cannot read; a truncated one is called so."""
-    text = str(err)
-    if "truncated" in text or "broken data stream" in text:
-        return DataError(
-            f"{path}: unreadable {what}: the file is truncated ({_file_size(path)}; {text}): "
-            "an interrupted copy, download or extraction? copy it again"
-        )
-    return DataError(f"{path}: unreadable {what} ({text})")
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Decode ``path`` as ``uint8 (H, W, 3)`` RGB; a missing, broken or truncated file raises
-    :class:`DataError` naming it."""
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file does not exist") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise _unreadable(path, "image", err) from None
-
-
-def image_shape(path: Path, check_end: bool = True) -> tuple[int, int, int]:
-    """``(H, W, 3)`` of the image at ``path`` from its header, without decoding the pixels.
-
-    ``check_end`` also finds a truncated JPEG or PNG file, which the header alone does not
-    show: the file must end with its format's end marker (JPEG's ``FF D9``, PNG's ``IEND``
-    chunk). Cost: one seek and one read of 8 bytes in the file already open for the header,
-    a few microseconds. A file that lacks the marker is decoded in full before it is reported,
-    since bytes after the marker are legal (some cameras append data); only a file that then
-    fails to decode is an error.
-    """
-    marker, intact, size, fmt = None, True, 0, None
-    try:
-        with open(path, "rb") as f:
-            with Image.open(f) as im:
-                shape, fmt = (im.height, im.width, 3), im.format
-            marker = END_MARKERS.get(fmt) if check_end else None
-            if marker is not None:
-                size = f.seek(0, os.SEEK_END)
-                f.seek(max(size - len(marker), 0))
-                intact = f.read(len(marker)) == marker
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file does not exist") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise _unreadable(path, "image", err) from None
-    if not intact:
-        try:
-            with Image.open(path) as im:
-                im.load()
-        except (OSError, SyntaxError, ValueError) as err:
-            expected = " ".join(f"{b:02X}" for b in marker) if fmt == "JPEG" else "IEND chunk"
-            raise DataError(
-                f"{path}: unreadable image: the file is truncated ({size} bytes, without the "
-                f"{fmt} end marker ({expected}) at its end, and decoding it fails: {err}): an "
-                "interrupted copy, download or extraction? copy it again"
-            ) from None
-    return shape
-
-
-def read_label_png(path: Path) -> np.ndarray:
-    """A single-channel or palette PNG of class indices as an integer array; a JPEG file
-    (lossy, whatever its name) is refused."""
-    try:
-        with Image.open(path) as m:
-            if m.format == "JPEG":
-                named = f" named {path.suffix}" if path.suffix.lower() != ".jpg" else ""
-                raise DataError(
-                    f"{path}: mask is a JPEG file{named}: JPEG compression is lossy and alters "
-                    "the labels along every boundary; masks must be stored losslessly as PNG "
-                    "(export them again from the original labels, not from this file)"
-                )
-            if m.mode not in ("L", "P", "I", "I;16"):
-                raise DataError(
-                    f"{path}: mask has mode {m.mode}; expected a single-channel or palette PNG "
-                    "of class indices (a colour-coded RGB mask must be converted to indices)"
-                )
-            return np.array(m)
-    except FileNotFoundError:
-        raise DataError(f"{path}: mask file does not exist") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        if isinstance(err, DataError):
-            raise
-        raise _unreadable(path, "mask", err) from None
-
-
-def unpaired(images: Iterable[str], masks: Iterable[str], where: str) -> list[str]:
-    """Layout problems for keys found on one side only (e.g. file stems)."""
-    images, masks = set(images), set(masks)
-    problems = [f"{where}: {k} (image without mask)" for k in sorted(images - masks)]
-    problems += [f"{where}: {k} (mask without image)" for k in sorted(masks - images)]
-    return problems
 
 
 class FilePairDataset(SegmentationDataset):

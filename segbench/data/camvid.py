@@ -23,7 +23,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from segbench.data.base import FilePairDataset, dataset_root, unpaired
+from segbench.data.base import FilePairDataset
+from segbench.data.files import dataset_root, unpaired
 from segbench.data.splits import (
     empty_split_error,
     leak_partners,

@@ -15,7 +15,7 @@ that cannot be opened, e.g. a missing root, counts as one):
   hold 0/1), VOC's void band remapped to background, Cityscapes label ids not converted to
   train ids, and each format's own (see the datasets' ``diagnose`` methods).
 
-It also prints warnings (:class:`~segbench.data.base.DataWarning`), which do not change the exit
+It also prints warnings (:class:`~segbench.data.errors.DataWarning`), which do not change the exit
 status, for data that is probably wrong but may be legitimate: masks that look smoothed (JPEG
 compressed, or resized with interpolation) while their values are valid labels, and a training
 split file identical to an evaluation one.
@@ -29,7 +29,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from segbench.data.base import DataWarning, format_problems
+from segbench.data.errors import DataWarning
+from segbench.data.labels import format_problems
 
 __all__ = ["check_dataset", "main"]
 

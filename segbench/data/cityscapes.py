@@ -26,7 +26,10 @@ import torch
 from PIL import Image
 from torchvision.datasets import Cityscapes
 
-from segbench.data.base import DataError, FilePairDataset, dataset_root, label_values, read_image
+from segbench.data.base import FilePairDataset
+from segbench.data.errors import DataError
+from segbench.data.files import dataset_root, read_image
+from segbench.data.labels import label_values
 from segbench.data.splits import empty_split_error
 
 __all__ = [

@@ -11,7 +11,9 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from segbench.data.base import DataError, SegmentationDataset, format_problems
+from segbench.data.base import SegmentationDataset
+from segbench.data.errors import DataError
+from segbench.data.labels import format_problems
 from segbench.data.sampling import EpochSampler, ResumableLoader, SeededView, derive_seed
 from segbench.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SegTransform, collate
 

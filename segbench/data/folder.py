@@ -11,7 +11,7 @@ Without split files the stems are shuffled with ``seed`` and cut by ``split_rati
 
 A split file that lists a stem twice, or none, is refused. The training split and the
 evaluation splits (val, test) must not share a stem: a split file that shares some with
-another is a layout problem (identical files only get a :class:`~segbench.data.base.DataWarning`:
+another is a layout problem (identical files only get a :class:`~segbench.data.errors.DataWarning`:
 training and evaluating on the same images is often deliberate, as in an overfitting check).
 A split cut by ``split_ratio`` while other splits have files is compared with those files when
 it is opened, since the ratio cuts it from every image, including those the files list (a split
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.data.base import FilePairDataset, dataset_root, unpaired
+from segbench.data.base import FilePairDataset
+from segbench.data.files import dataset_root, unpaired
 from segbench.data.splits import (
     empty_split_error,
     leak_partners,

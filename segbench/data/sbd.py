@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segbench.data.base import DataError, dataset_root, read_label_png
+from segbench.data.errors import DataError
+from segbench.data.files import dataset_root, read_label_png
 
 __all__ = [
     "check_sbd_root",

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from segbench.data.base import DataError
+from segbench.data.errors import DataError
 
 __all__ = [
     "EVALUATION_SPLITS",

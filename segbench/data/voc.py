@@ -41,7 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.data.base import FilePairDataset, label_values, read_label_png
+from segbench.data.base import FilePairDataset
+from segbench.data.files import read_label_png
+from segbench.data.labels import label_values
 from segbench.data.sbd import (
     CONVERT_HINT,
     SBD_LAYOUT,

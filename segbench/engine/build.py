@@ -68,7 +68,7 @@ def build_datamodule(dataset_cfg: DictConfig, splits: list[str], seed: int = 0) 
 def _image_sizes(ds) -> list[tuple[tuple[int, int], str]]:
     """``((H, W), name)`` of every image of a split, from file headers where the dataset lists
     its files (a fraction of a millisecond each), else from its first sample."""
-    from segbench.data.base import image_shape
+    from segbench.data.files import image_shape
 
     items = getattr(ds, "items", None)
     if items:

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from segbench.data.base import read_image
+from segbench.data.files import read_image
 from segbench.engine.build import evaluation_task
 from segbench.engine.checkpoint import evaluation_config
 from segbench.engine.fast import prepare_batch
