@@ -9,7 +9,7 @@ Sections (``--sections``; the first four by default):
    (``trainer=fast``), ``compile`` (``torch.compile``). Variants are timed in turns, ``--repeats``
    rounds of ``--steps`` steps each, so that drift of the machine (heat, other processes) hits
    every variant alike; the median round counts. Ratios are against ``fp32`` of the same run.
-   With each, the peak tensor memory of a step (:func:`_peak_memory`).
+   With each, the peak tensor memory of a step (:func:`segbench.bench.timing.peak_memory`).
 2. ``loop``: ``train.py``'s loop (Lightning, the callbacks and loggers of the config) against
    a bare PyTorch loop over the same loader, model, loss and optimizer, in turns
    (:mod:`segbench.bench.loop`), on the dataset of the config (``loop_steps`` batches each).
@@ -34,165 +34,46 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch import Tensor, nn
+from torch import nn
 
 from segbench.bench.report import report
+from segbench.bench.timing import (
+    VARIANTS,
+    Setup,
+    in_turns,
+    peak_memory,
+    pick_device,
+    random_batch,
+    sync,
+    timed,
+)
 from segbench.config import parse_verb_args, verb_parser
 from segbench.engine.build import build_model
-from segbench.engine.fast import autocast_for
 
 __all__ = ["VARIANTS", "main", "peer_model", "run"]
 
-# name -> (precision as trainer.precision names it, channels_last, compile)
-VARIANTS: dict[str, tuple[str, bool, bool]] = {
-    "fp32": ("32-true", False, False),
-    "bf16": ("bf16-mixed", False, False),
-    "fp16": ("16-mixed", False, False),
-    "channels_last": ("32-true", True, False),
-    "bf16+channels_last": ("bf16-mixed", True, False),
-    "compile": ("32-true", False, True),
-    "bf16+channels_last+compile": ("bf16-mixed", True, True),
-}
 SECTIONS = ("step", "loop", "peers", "latency", "crf", "boundary")
 DEFAULT_SECTIONS = ("step", "loop", "peers", "latency")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-class _Setup:
-    """A model, its optimizer and a batch in one variant's setting."""
-
-    def __init__(
-        self,
-        make_model: Callable[[], nn.Module],
-        loss: nn.Module,
-        variant: str,
-        images: Tensor,
-        masks: Tensor,
-        device: torch.device,
-    ) -> None:
-        precision, channels_last, compiled = VARIANTS[variant]
-        torch.manual_seed(0)
-        model = make_model().to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-            images = images.contiguous(memory_format=torch.channels_last)
-        if compiled:
-            model.compile()
-        self.model, self.loss = model, loss
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        self.images, self.masks, self.device = images, masks, device
-        self.autocast = autocast_for(precision, device)
-
-    def step(self) -> None:
-        self.model.train()
-        with self.autocast if self.autocast is not None else nullcontext():
-            out = self.model(self.images)
-            out = out["out"] if isinstance(out, dict) else out
-            loss = self.loss(out, self.masks)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-
-    def predict(self, images: Tensor) -> Tensor:
-        with self.autocast if self.autocast is not None else nullcontext():
-            out = self.model(images)
-        return out["out"] if isinstance(out, dict) else out
-
-
-def _timed(fn: Callable[[], None], n: int, device: torch.device) -> float:
-    """Seconds for ``n`` calls of ``fn``."""
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-@contextmanager
-def _quiet_stderr():
-    """File descriptor 2 to /dev/null for the block (the profiler's C++ start/stop lines)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _peak_memory(setup: _Setup) -> int | None:
-    """Peak memory of tensors during one training step in ``setup``, in bytes, above what was
-    allocated before it: on GPU the allocator's ``max_memory_allocated``; on CPU the running
-    sum of the allocations and frees the profiler records (``profile_memory``) in time order,
-    the same quantity for the CPU allocator."""
-    if setup.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(setup.device)
-        base = torch.cuda.memory_allocated(setup.device)
-        setup.step()
-        _sync(setup.device)
-        return torch.cuda.max_memory_allocated(setup.device) - base
-    from torch.profiler import ProfilerActivity, profile
-
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        setup.step()
-    live = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        live += event.self_cpu_memory_usage
-        peak = max(peak, live)
-    return peak
-
-
-def _batch(cfg: DictConfig, batch: int, size: tuple[int, int], device: torch.device):
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 3, *size, generator=g).to(device)
-    masks = torch.randint(0, cfg.dataset.num_classes, (batch, *size), generator=g).to(device)
-    return images, masks
-
-
-def _rounds(
-    names: list[str], run_one: Callable[[str], float], repeats: int
-) -> dict[str, list[float]]:
-    """``run_one(name)`` for every name, ``repeats`` rounds in turn."""
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(repeats):
-        for name in names:
-            times[name].append(run_one(name))
-    return times
-
-
 def bench_steps(cfg, variants, batch, size, steps, repeats, device, memory=True) -> list[dict]:
     """Section 1: the training step in each variant (images/s, ratio to fp32, peak memory)."""
-    images, masks = _batch(cfg, batch, size, device)
+    images, masks = random_batch(cfg, batch, size, device)
     loss = instantiate(cfg.loss).to(device)
     setups = {
-        v: _Setup(lambda: build_model(cfg.model), loss, v, images, masks, device) for v in variants
+        v: Setup(lambda: build_model(cfg.model), loss, v, images, masks, device) for v in variants
     }
     for v, s in setups.items():  # warm-up: oneDNN primitive caches, compilation
         for _ in range(5 if VARIANTS[v][2] else 3):
             s.step()
-    times = _rounds(variants, lambda v: _timed(setups[v].step, steps, device), repeats)
+    times = in_turns(variants, lambda v: timed(setups[v].step, steps, device), repeats)
     rows = []
     for v in variants:
         seconds = statistics.median(times[v]) / steps
@@ -202,7 +83,7 @@ def bench_steps(cfg, variants, batch, size, steps, repeats, device, memory=True)
                 "images_per_s": batch / seconds,
                 "ms_per_step": 1e3 * seconds,
                 "peak_memory_mb": (lambda m: m / 2**20 if m is not None else None)(
-                    _peak_memory(setups[v]) if memory else None
+                    peak_memory(setups[v]) if memory else None
                 ),
             }
         )
@@ -215,22 +96,22 @@ def bench_steps(cfg, variants, batch, size, steps, repeats, device, memory=True)
 
 def bench_latency(cfg, variants, size, warmup, iters, device) -> list[dict]:
     """Section 4: batch-1 inference latency per variant (p50 / p95 ms)."""
-    images, masks = _batch(cfg, 1, size, device)
+    images, masks = random_batch(cfg, 1, size, device)
     loss = instantiate(cfg.loss).to(device)
     rows = []
     for v in variants:
-        setup = _Setup(lambda: build_model(cfg.model), loss, v, images, masks, device)
+        setup = Setup(lambda: build_model(cfg.model), loss, v, images, masks, device)
         setup.model.eval()
         x = setup.images
         samples = []
         with torch.inference_mode():
             for _ in range(warmup):
                 setup.predict(x)
-            _sync(device)
+            sync(device)
             for _ in range(iters):
                 start = time.perf_counter()
                 setup.predict(x)
-                _sync(device)
+                sync(device)
                 samples.append(time.perf_counter() - start)
         samples.sort()
         p95 = samples[min(len(samples) - 1, max(0, round(0.95 * len(samples)) - 1))]
@@ -291,20 +172,20 @@ def bench_peers(cfg, variants, batch, size, steps, repeats, warmup, iters, devic
             f"{cfg.backbone.name} in segmentation_models_pytorch or torchvision is known here"
         }
     label, make_peer = found
-    images, masks = _batch(cfg, batch, size, device)
+    images, masks = random_batch(cfg, batch, size, device)
     one = images[:1]
     loss = instantiate(cfg.loss).to(device)
     rows = []
     for v in variants:
         sides = {
-            "segbench": _Setup(lambda: build_model(cfg.model), loss, v, images, masks, device),
-            "peer": _Setup(make_peer, loss, v, images, masks, device),
+            "segbench": Setup(lambda: build_model(cfg.model), loss, v, images, masks, device),
+            "peer": Setup(make_peer, loss, v, images, masks, device),
         }
         for s in sides.values():
             for _ in range(3):
                 s.step()
-        train = _rounds(
-            list(sides), lambda n, sides=sides: _timed(sides[n].step, steps, device), repeats
+        train = in_turns(
+            list(sides), lambda n, sides=sides: timed(sides[n].step, steps, device), repeats
         )
 
         def infer(n: str, sides=sides, channels_last=VARIANTS[v][1]) -> float:
@@ -314,9 +195,9 @@ def bench_peers(cfg, variants, batch, size, steps, repeats, warmup, iters, devic
             with torch.inference_mode():
                 for _ in range(warmup):
                     s.predict(x)
-                return _timed(lambda: s.predict(x), iters, device)
+                return timed(lambda: s.predict(x), iters, device)
 
-        inference = _rounds(list(sides), infer, repeats)
+        inference = in_turns(list(sides), infer, repeats)
         params = {n: sum(p.numel() for p in s.model.parameters()) for n, s in sides.items()}
         rows.append(
             {
@@ -365,7 +246,7 @@ def run(
     crf_size: tuple[int, int] = (360, 480),
 ) -> dict:
     """Every section of ``sections`` on ``cfg`` (a composed ``conf/train.yaml``)."""
-    dev = _device(device)
+    dev = pick_device(device)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"--variants: unknown {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
