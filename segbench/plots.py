@@ -232,7 +232,7 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
 
 def plot_time_curve(timeline: list[dict], path: Path, title: str = "") -> Path:
     """Validation mIoU against the training run's wall time (``timeline``: dicts with
-    ``wall_s`` and ``val/mIoU``, from :class:`~segbench.engine.callbacks.RunPlots`)."""
+    ``wall_s`` and ``val/mIoU``, from :class:`~segbench.engine.run_plots.RunPlots`)."""
     plt = _pyplot()
     points = [(r["wall_s"] / 60, 100 * r["val/mIoU"]) for r in timeline if "val/mIoU" in r]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
