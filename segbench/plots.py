@@ -271,8 +271,8 @@ def prediction_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 4) -> np.nd
 
 
 def plot_reliability(record: dict, path: Path, title: str = "") -> Path:
-    """Reliability diagram from :func:`segbench.calibration.calibration_record`'s output: the
-    accuracy of each confidence bin as bars against the bin centres, the diagonal of perfect
+    """Reliability diagram from :func:`segbench.metrics.calibration.calibration_record`'s output:
+    the accuracy of each confidence bin as bars against the bin centres, the diagonal of perfect
     calibration, the gap to each bin's mean confidence shaded, and below it the share of the
     valid pixels in each bin; ECE, NLL and Brier score in the legend."""
     plt = _pyplot()

@@ -5,12 +5,21 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from segbench import __version__
+from segbench.metrics.evaluator import SUMMARY_KEYS, EvaluationRecord
 
-__all__ = ["SCHEMA_VERSION", "RESULTS_FILE", "build_results", "format_table", "write_results"]
+__all__ = [
+    "RESULTS_FILE",
+    "SCHEMA_VERSION",
+    "RunFacts",
+    "build_results",
+    "format_table",
+    "write_results",
+]
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
@@ -41,121 +50,108 @@ def git_state() -> dict:
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
+@dataclass(frozen=True)
+class RunFacts:
+    """What ``results.json`` says about a run besides its figures.
+
+    Args:
+        kind: ``train`` or ``evaluate``.
+        model, backbone, dataset: their names.
+        split: the evaluated split.
+        ignore_index: the label left out of every figure.
+        num_images: images evaluated.
+        params: the network's parameters.
+        seed: the run's seed.
+        config: the resolved run config.
+        checkpoint: the weights evaluated.
+        eval_mode: how predictions were made (``single-scale``, ``ms+flip``, ``+CRF`` ...).
+        inference: the inference settings.
+        gflops, flops_input_size: the network's GFLOPs at that input size ``[H, W]``.
+        duration_s: the run's wall time.
+        best_val_miou: the best validation mIoU of a training run.
+        throughput: the evaluation's images per second, with how it was measured.
+    """
+
+    kind: str
+    model: str
+    backbone: str
+    dataset: str
+    split: str
+    ignore_index: int | None
+    num_images: int
+    params: int
+    seed: int
+    config: dict
+    checkpoint: str | None = None
+    eval_mode: str = "single-scale"
+    inference: dict | None = None
+    gflops: float | None = None
+    flops_input_size: list[int] | None = None
+    duration_s: float | None = None
+    best_val_miou: float | None = None
+    throughput: dict | None = None
+
+
 def build_results(
-    *,
-    kind: str,
-    model: str,
-    backbone: str,
-    dataset: str,
-    split: str,
-    class_names: list[str],
-    ignore_index: int,
-    figures: dict,
-    params: int,
-    seed: int,
-    gflops: float | None = None,
-    flops_input_size: list[int] | None = None,
-    config: dict,
-    checkpoint: str | None,
-    num_images: int,
-    eval_mode: str = "single-scale",
-    inference: dict | None = None,
-    duration_s: float | None = None,
-    best_val_miou: float | None = None,
-    throughput: dict | None = None,
+    evaluation: EvaluationRecord,
+    run: RunFacts,
     per_image: dict | None = None,
     intervals: dict | None = None,
-    calibration: dict | None = None,
-    instance_note: str | None = None,
 ) -> dict:
-    """Assemble the results record. ``figures`` is ``SegmentationTask.results[split]`` (its
-    ``boundary`` entry, when the evaluation computed the boundary figures, gives ``bf``,
-    ``boundary_iou`` and their per-class values)."""
+    """The results record of ``evaluation`` (the evaluator's record) for ``run``: the
+    confusion figures, then each figure's own entries (its ``metrics`` and top-level ones,
+    :class:`~segbench.metrics.FigureResult`). ``per_image``: the summary of the per-image
+    file; ``intervals``: the bootstrap intervals."""
+    names = evaluation.class_names
     per_class = lambda key: {  # noqa: E731
-        name: _nan_to_none(v) for name, v in zip(class_names, figures[key])
+        name: _nan_to_none(v) for name, v in zip(names, evaluation.per_class[key])
     }
-    edges = figures.get("boundary")
-    if edges is None:
-        boundary = {"computed": False, "why": "boundary.enabled=false: not computed"}
-        edges = {"bf_per_class": [None] * len(class_names)}
-        edges["boundary_iou_per_class"] = edges["bf_per_class"]
-    else:
-        boundary = {
-            "computed": True,
-            "bf_tolerance": edges["bf_tolerance"],
-            "iou_dilation": edges["iou_dilation"],
-            "bf_images": edges["bf_images"],
-        }
+    metrics = {key: _nan_to_none(evaluation.summary[key]) for key in SUMMARY_KEYS}
+    metrics.update(
+        per_class_iou=per_class("iou"),
+        per_class_dice=per_class("dice"),
+        per_class_acc=per_class("acc"),
+    )
+    entries = {}
+    for result in evaluation.figures.values():
+        metrics.update(result.metrics)
+        entries.update(result.entries)
     git = git_state()
     record = {
         "schema_version": SCHEMA_VERSION,
-        "kind": kind,
-        "model": model,
-        "backbone": backbone,
-        "dataset": dataset,
-        "split": split,
-        "eval_mode": eval_mode,
-        "inference": inference,
-        "classes": list(class_names),
-        "num_classes": len(class_names),
-        "ignore_index": ignore_index,
-        "num_images": num_images,
-        "metrics": {
-            "mIoU": _nan_to_none(figures["mIoU"]),
-            "pixel_acc": _nan_to_none(figures["pixel_acc"]),
-            "mean_acc": _nan_to_none(figures["mean_acc"]),
-            "fwIoU": _nan_to_none(figures["fwIoU"]),
-            "mDice": _nan_to_none(figures["mDice"]),
-            "per_class_iou": per_class("iou"),
-            "per_class_dice": per_class("dice"),
-            "per_class_acc": per_class("acc"),
-            "bf": edges.get("bf"),
-            "boundary_iou": edges.get("boundary_iou"),
-            "per_class_bf": dict(zip(class_names, edges["bf_per_class"])),
-            "per_class_boundary_iou": dict(zip(class_names, edges["boundary_iou_per_class"])),
-        },
-        "boundary": boundary,
+        "kind": run.kind,
+        "model": run.model,
+        "backbone": run.backbone,
+        "dataset": run.dataset,
+        "split": run.split,
+        "eval_mode": run.eval_mode,
+        "inference": run.inference,
+        "classes": list(names),
+        "num_classes": len(names),
+        "ignore_index": run.ignore_index,
+        "num_images": run.num_images,
+        "metrics": metrics,
+        **{k: entries.pop(k) for k in ("boundary",) if k in entries},
         "per_image": per_image,
         "intervals": intervals,
-        "calibration": calibration,
-        "best_val_mIoU": _nan_to_none(best_val_miou),
-        "confusion_matrix": figures["confusion_matrix"],
-        "params": params,
-        "gflops": None if gflops is None else round(gflops, 3),
-        "flops_input_size": flops_input_size,
-        "seed": seed,
+        **{k: entries.pop(k) for k in ("calibration",) if k in entries},
+        "best_val_mIoU": _nan_to_none(run.best_val_miou),
+        "confusion_matrix": evaluation.confusion_matrix,
+        "params": run.params,
+        "gflops": None if run.gflops is None else round(run.gflops, 3),
+        "flops_input_size": run.flops_input_size,
+        "seed": run.seed,
         "created": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
-        "duration_s": None if duration_s is None else round(duration_s, 2),
-        "throughput": throughput,
-        "checkpoint": checkpoint,
+        "duration_s": None if run.duration_s is None else round(run.duration_s, 2),
+        "throughput": run.throughput,
+        "checkpoint": run.checkpoint,
         "segbench_version": __version__,
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
-        "config": config,
+        "config": run.config,
     }
-    city = figures.get("cityscapes")
-    if city is not None:
-        record["cityscapes"] = _cityscapes_record(city, instance_note)
-        metrics = record["metrics"]
-        metrics["category_mIoU"] = city["category_iou"]["mean"]
-        iiou = city.get("iiou") or {}
-        metrics["iIoU"] = iiou.get("mean")
-        metrics["category_iIoU"] = iiou.get("category_mean")
+    record.update(entries)  # the other figures' entries (cityscapes ...), after the rest
     return record
-
-
-def _cityscapes_record(city: dict, instance_note: str | None) -> dict:
-    """``results.json``'s ``cityscapes`` entry: category IoU, and iIoU or why it is absent."""
-    out = {
-        "category_iou": city["category_iou"]["categories"],
-        "category_mIoU": city["category_iou"]["mean"],
-    }
-    if "iiou" in city:
-        out["iiou"] = {"computed": True, **city["iiou"]}
-    else:
-        why = instance_note or "the evaluated samples carried no instance ids"
-        out["iiou"] = {"computed": False, "why": f"iIoU not computed: {why}"}
-    return out
 
 
 def write_results(directory: str | Path, results: dict) -> Path:
@@ -174,8 +170,10 @@ def write_results(directory: str | Path, results: dict) -> Path:
     return path
 
 
-def format_table(results: dict) -> str:
-    """A plain-text table of per-class IoU and the summary figures, in percent."""
+def format_table(results: dict, evaluation: EvaluationRecord | None = None) -> str:
+    """A plain-text table of per-class IoU and the summary figures, in percent; with
+    ``evaluation``, also its figures' per-class columns, summary rows and notes (BF, boundary
+    IoU, Cityscapes' category mIoU and iIoU ...)."""
     m = results["metrics"]
     fmt = lambda v: "   -" if v is None else f"{100 * v:6.2f}"  # noqa: E731
     names = list(m["per_class_iou"])
@@ -184,39 +182,30 @@ def format_table(results: dict) -> str:
         f"{results['model']} / {results['backbone']} on {results['dataset']} "
         f"({results['split']}, {results['num_images']} images, {results['eval_mode']})"
     )
-    bf = (results.get("boundary") or {}).get("computed", False)
+    figures = list(evaluation.figures.values()) if evaluation is not None else []
+    columns = {label: values for f in figures for label, values in f.columns.items()}
     header = f"{'class':<{width}}  {'IoU %':>6}  {'Dice %':>6}  {'Acc %':>6}"
-    lines = [title, header + (f"  {'BF %':>6}  {'bIoU %':>6}" if bf else "")]
+    header += "".join(f"  {label:>6}" for label in columns)
+    lines = [title, header]
     lines.append("-" * len(lines[-1]))
-    for name in names:
+    for i, name in enumerate(names):
         line = (
             f"{name:<{width}}  {fmt(m['per_class_iou'][name])}  "
             f"{fmt(m['per_class_dice'][name])}  {fmt(m['per_class_acc'][name])}"
         )
-        if bf:
-            line += f"  {fmt(m['per_class_bf'][name])}  {fmt(m['per_class_boundary_iou'][name])}"
+        line += "".join(f"  {fmt(values[i])}" for values in columns.values())
         lines.append(line)
     lines.append("-" * len(lines[1]))
     summary = [
-        ("mIoU", "mIoU"),
-        ("mDice", "mDice"),
-        ("mean_acc", "mean acc"),
-        ("pixel_acc", "pixel acc"),
-        ("fwIoU", "fwIoU"),
+        ("mIoU", m.get("mIoU")),
+        ("mDice", m.get("mDice")),
+        ("mean acc", m.get("mean_acc")),
+        ("pixel acc", m.get("pixel_acc")),
+        ("fwIoU", m.get("fwIoU")),
     ]
-    if bf:
-        summary += [("bf", "BF"), ("boundary_iou", "boundary IoU")]
-    for key, label in summary:
-        lines.append(f"{label:<{width}}  {fmt(m.get(key))}")
-    if not bf and "boundary" in results:
-        lines.append(f"BF, boundary IoU: {results['boundary'].get('why', 'not computed')}")
-    city = results.get("cityscapes")
-    if city is not None:
-        lines.append(f"{'category mIoU':<{width}}  {fmt(city['category_mIoU'])}")
-        iiou = city["iiou"]
-        if iiou["computed"]:
-            lines.append(f"{'iIoU':<{width}}  {fmt(iiou['mean'])}")
-            lines.append(f"{'category iIoU':<{width}}  {fmt(iiou['category_mean'])}")
-        else:
-            lines.append(iiou["why"])
+    for label, value in summary:
+        lines.append(f"{label:<{width}}  {fmt(value)}")
+    for figure in figures:  # each figure's rows, then its notes
+        lines += [f"{label:<{width}}  {fmt(value)}" for label, value in figure.rows]
+        lines += figure.notes
     return "\n".join(lines)

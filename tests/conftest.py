@@ -39,6 +39,7 @@ CONFIG_GROUPS = (
     "optimizer",
     "scheduler",
     "inference",
+    "evaluation",
     "trainer",
     "logger",
     "callbacks",

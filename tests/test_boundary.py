@@ -1,4 +1,4 @@
-"""Boundary accuracy (segbench/boundary.py) against an independent scipy computation written
+"""Boundary accuracy (segbench/metrics/boundary.py) against an independent scipy computation written
 here from the papers' definitions: BF score (Csurka et al. 2013) and boundary IoU (Cheng et al.
 2021), including the empty-class, all-ignored and one-pixel-object cases."""
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from segbench.boundary import BoundaryOptions, boundary_figures, boundary_stats
+from segbench.metrics.boundary import BoundaryOptions, boundary_figures, boundary_stats
 
 IGNORE = 255
 CROSS = ndimage.generate_binary_structure(2, 1)
@@ -208,7 +208,7 @@ def test_a_run_keeps_them_per_image_and_its_figures_follow(trained_run):
     give them again (so 1 and N processes, and any subset of images, agree)."""
     import json
 
-    from segbench.per_image import read_per_image
+    from segbench.metrics.per_image import read_per_image
 
     res = json.loads((trained_run / "results.json").read_text())
     assert res["boundary"]["computed"] and res["boundary"]["bf_tolerance"] == 0.0075
@@ -240,7 +240,7 @@ def test_switched_off_they_are_said_to_be_absent(tmp_path):
     res = train(compose_config("train", overrides, tmp_path / "run"))
     assert res["boundary"] == {"computed": False, "why": "boundary.enabled=false: not computed"}
     assert res["metrics"]["bf"] is None and res["metrics"]["boundary_iou"] is None
-    from segbench.per_image import read_per_image
+    from segbench.metrics.per_image import read_per_image
 
     assert read_per_image(tmp_path / "run" / "per_image.npz").extra == {}
 

@@ -1,4 +1,4 @@
-"""Tests for segbench.calibration (ECE / NLL / Brier) and plots.plot_reliability."""
+"""Tests for segbench.metrics.calibration (ECE / NLL / Brier) and plots.plot_reliability."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from segbench.calibration import Calibration, calibration_record
+from segbench.metrics.calibration import Calibration, calibration_record
 from segbench.plots import plot_reliability
 
 BINS = 15

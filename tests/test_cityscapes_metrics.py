@@ -1,4 +1,4 @@
-"""Cityscapes' category IoU and iIoU (segbench/cityscapes_metrics.py) against the official
+"""Cityscapes' category IoU and iIoU (segbench/metrics/cityscapes.py) against the official
 evaluator, cityscapesScripts' evalPixelLevelSemanticLabeling (a dev dependency), on scenes with
 instances, crowd regions, void, an ignored instance class and a class absent from both."""
 
@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from torchvision.datasets import Cityscapes
 
-from segbench.cityscapes_metrics import CATEGORIES, category_iou, instance_iou, instance_sums
 from segbench.data.cityscapes import CLASS_NAMES, TRAIN_ID_LUT
 from segbench.metrics import ConfusionMatrix
+from segbench.metrics.cityscapes import CATEGORIES, category_iou, instance_iou, instance_sums
 from tests.fixtures.cityscapes_oracle import official_evaluator
 from tests.fixtures.cityscapes_oracle import official_scores as official_scores_of
 

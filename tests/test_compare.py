@@ -13,7 +13,7 @@ from segbench.leaderboard import publish
 from segbench.leaderboard.compare import main as compare_main
 from segbench.leaderboard.render import to_csv, to_latex, to_markdown
 from segbench.metrics import metrics_from_counts
-from segbench.per_image import PER_IMAGE_FILE, write_per_image
+from segbench.metrics.per_image import PER_IMAGE_FILE, write_per_image
 
 CLASSES = ["background", "road", "car"]
 

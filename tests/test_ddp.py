@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from segbench.per_image import read_per_image
+from segbench.metrics.per_image import read_per_image
 from tests.conftest import run_cli
 
 

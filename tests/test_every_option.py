@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -225,6 +226,14 @@ def _fast(res: dict, run_dir: Path) -> None:
         assert trainer["precision"] == fast_precision(trainer["accelerator"])
 
 
+def _evaluation_default(res: dict, run_dir: Path) -> None:
+    """Its figures ran: the boundary and calibration entries, their per-image rows written."""
+    assert res["boundary"]["computed"] and res["metrics"]["bf"] is not None
+    assert res["calibration"]["pixels"] > 0 and res["calibration"]["ece"] is not None
+    saved = np.load(run_dir / "per_image.npz")
+    assert {"bf", "boundary_counts"} <= set(saved.files)
+
+
 def _adversarial(res: dict, run_dir: Path) -> None:
     assert res["model"] == "ganseg_fcn8s"
     assert res["config"]["task"]["_target_"].endswith("AdversarialTask")
@@ -237,6 +246,7 @@ CHECKS: dict[str, Check] = {
     "inference=whole": _eval_mode("single-scale"),
     "inference=slide": _eval_mode("slide"),
     "inference=ms_flip": _eval_mode("ms+flip"),
+    "evaluation=default": _evaluation_default,
     "callbacks=train": _train_callbacks,
     "trainer=fast": _fast,
     **{f"optimizer={o}": _optimizer(o) for o in options("optimizer")},
@@ -280,6 +290,7 @@ BASELINE = Case(
         "optimizer=sgd",
         "scheduler=poly",
         "inference=whole",
+        "evaluation=default",
         "trainer=cpu",
         "logger=csv",
         "callbacks=train",

@@ -91,8 +91,8 @@ def test_channels_last_changes_no_figure_of_an_evaluation(trained_run, tmp_path)
 
 
 def test_validation_predicts_as_the_single_scale_part_of_inference():
-    assert validation_inference(None, None) is None  # one plain pass
-    assert validation_inference(Inference(scales=[0.5, 1.0, 1.5], flip=True), None) is None
+    assert validation_inference(Inference(), None).plain  # one plain pass
+    assert validation_inference(Inference(scales=[0.5, 1.0, 1.5], flip=True), None).plain
     half = validation_inference(Inference(scales=[0.5]), None)
     assert half.scales == (0.5,) and not half.flip
     slide = Inference("slide", crop=[32, 32], stride=[16, 16], scales=[0.75, 1.25], flip=True)
@@ -106,7 +106,7 @@ def test_validation_predicts_as_the_single_scale_part_of_inference():
     # another mode drops the windows; the scale nearest 1.0 (the smaller one on a tie) stays
     whole = validation_inference(slide, {"mode": "whole"})
     assert (whole.mode, whole.crop, whole.scales) == ("whole", None, (0.75,))
-    assert validation_inference(Inference(scales=[0.5]), {"scales": [1.0]}) is None
+    assert validation_inference(Inference(scales=[0.5]), {"scales": [1.0]}).plain
 
 
 def test_single_scale_inference_predicts_at_that_scale():
@@ -123,9 +123,9 @@ def test_single_scale_inference_predicts_at_that_scale():
 
 def test_val_inference_keys_are_checked():
     with pytest.raises(ValueError, match=r"val_inference\.scale: unknown key"):
-        validation_inference(None, {"scale": [0.5]})
+        validation_inference(Inference(), {"scale": [0.5]})
     with pytest.raises(ValueError, match=r"val_inference\.mode must be one of"):
-        validation_inference(None, {"mode": "tiles"})
+        validation_inference(Inference(), {"mode": "tiles"})
 
 
 def test_runs_checkpointed_before_the_new_keys_still_resume(tmp_path):

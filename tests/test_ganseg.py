@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from segbench.engine.adversarial import AdversarialTask
 from segbench.engine.build import build_model
 from segbench.losses import CrossEntropyLoss
+from segbench.metrics import Evaluator
 from segbench.models.encoders import VGGEncoder
 from segbench.models.fcn import FCN
 from segbench.models.ganseg import Discriminator, GANSeg
@@ -139,9 +140,7 @@ def make_task(model, **kw) -> AdversarialTask:
         loss=CrossEntropyLoss(K, ignore_index=IGNORE),
         optimizer=functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9),
         scheduler=functools.partial(poly, power=0.9),
-        num_classes=K,
-        ignore_index=IGNORE,
-        class_names=[f"c{i}" for i in range(K)],
+        evaluator=Evaluator(K, IGNORE, [f"c{i}" for i in range(K)]),
         **kw,
     )
 
@@ -202,7 +201,7 @@ def test_a_training_step_updates_both_networks_with_their_own_optimizers():
         assert torch.isfinite(logged[f"{key}_step"]), key
     total = logged["train/loss_seg_step"] + 0.5 * logged["train/loss_adv_step"]
     torch.testing.assert_close(logged["train/loss_step"], total)
-    assert task.results["train"]["pixel_acc"] >= 0  # fit metrics were updated and logged
+    assert task.results["train"].summary["pixel_acc"] >= 0  # fit metrics were updated and logged
     assert all(p.requires_grad for p in model.parameters())  # toggling was undone
 
 

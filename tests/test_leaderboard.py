@@ -29,7 +29,8 @@ from segbench.leaderboard.render import (
     to_markdown,
 )
 from segbench.leaderboard.wandb_io import log_to_wandb
-from segbench.results import build_results
+from segbench.metrics import EvaluationRecord
+from segbench.results import RunFacts, build_results
 
 STREETS = ["background", "road", "car_park", "sky & sea"]  # LaTeX and HTML escaping
 PETS = ["background", "cat", "dog"]
@@ -64,17 +65,22 @@ def make_record(
     """A results record as ``train.py`` writes it, for the IoU values ``iou``."""
     iou_arr = np.array(iou, dtype=float)
     acc = np.where(np.isnan(iou_arr), np.nan, np.minimum(iou_arr + 0.05, 1.0))
-    figures = {
-        "mIoU": float(np.nanmean(iou_arr)),
-        "pixel_acc": float(np.nanmax(iou_arr)) - 0.01,
-        "mean_acc": float(np.nanmean(acc)),
-        "fwIoU": float(np.nanmean(iou_arr)) + 0.01,
-        "mDice": float(np.nanmean(2 * iou_arr / (1 + iou_arr))),
-        "iou": iou_arr.tolist(),
-        "dice": (2 * iou_arr / (1 + iou_arr)).tolist(),
-        "acc": acc.tolist(),
-        "confusion_matrix": [[1] * len(classes)] * len(classes),
-    }
+    evaluation = EvaluationRecord(
+        class_names=list(classes),
+        summary={
+            "mIoU": float(np.nanmean(iou_arr)),
+            "pixel_acc": float(np.nanmax(iou_arr)) - 0.01,
+            "mean_acc": float(np.nanmean(acc)),
+            "fwIoU": float(np.nanmean(iou_arr)) + 0.01,
+            "mDice": float(np.nanmean(2 * iou_arr / (1 + iou_arr))),
+        },
+        per_class={
+            "iou": iou_arr.tolist(),
+            "dice": (2 * iou_arr / (1 + iou_arr)).tolist(),
+            "acc": acc.tolist(),
+        },
+        confusion_matrix=[[1] * len(classes)] * len(classes),
+    )
     config = {
         "seed": seed,
         "run_name": f"{model}_{backbone}_{dataset}",
@@ -89,24 +95,23 @@ def make_record(
         "optimizer": {"_target_": "torch.optim.SGD", "lr": lr, "momentum": 0.9},
         "trainer": {"max_epochs": 10, "enable_progress_bar": True},
     }
-    record = build_results(
+    run = RunFacts(
         kind="train",
         model=model,
         backbone=backbone,
         dataset=dataset,
         split=split,
-        class_names=classes,
         ignore_index=255,
-        figures=figures,
+        num_images=10,
         params=params,
         seed=seed,
-        gflops=12.5,
-        flops_input_size=[64, 64],
         config=config,
         checkpoint=f"{run_dir}/checkpoints/best.ckpt",
-        num_images=10,
         eval_mode=eval_mode,
+        gflops=12.5,
+        flops_input_size=[64, 64],
     )
+    record = build_results(evaluation, run)
     record["created"] = created
     return record
 

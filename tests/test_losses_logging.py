@@ -74,6 +74,7 @@ def test_poly_schedule_follows_the_formula():
 
 def test_a_non_finite_training_loss_stops_with_the_key_and_step():
     from segbench.engine.task import SegmentationTask
+    from segbench.metrics import Evaluator
 
     class NaNLoss(torch.nn.Module):
         def forward(self, logits, target):
@@ -85,9 +86,7 @@ def test_a_non_finite_training_loss_stops_with_the_key_and_step():
         loss=NaNLoss(),
         optimizer=None,
         scheduler=None,
-        num_classes=2,
-        ignore_index=255,
-        class_names=["a", "b"],
+        evaluator=Evaluator(2, 255, ["a", "b"]),
     )
     batch = {"image": torch.zeros(1, 3, 4, 4), "mask": torch.zeros(1, 4, 4, dtype=torch.long)}
     with pytest.raises(FloatingPointError, match=r"train/loss is nan at step 0; lower the"):

@@ -91,6 +91,7 @@ def test_auxiliary_head_output_and_weighted_loss(encoder_factory):
     """``aux`` appears in training only, and the task adds it with the model's ``aux_weight``."""
     from segbench.engine.task import SegmentationTask
     from segbench.losses import CrossEntropyLoss
+    from segbench.metrics import Evaluator
     from segbench.models.base import SegmentationModel
 
     enc = encoder_factory()
@@ -108,7 +109,7 @@ def test_auxiliary_head_output_and_weighted_loss(encoder_factory):
     assert "aux" not in model.eval()(x)
     loss = CrossEntropyLoss(3)
     assert model.aux_weight == 0.4
-    task = SegmentationTask(model, loss, None, None, 3, 255, ["a", "b", "c"])
+    task = SegmentationTask(model, loss, None, None, Evaluator(3, 255, ["a", "b", "c"]))
     assert task.aux_weight == 0.4  # read from the model, which carries its head's weight
     expected = loss(out["out"], y) + 0.4 * loss(out["aux"], y)
     torch.testing.assert_close(task._loss(out, y), expected)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from segbench.metrics import ConfusionMatrix
-from segbench.per_image import (
+from segbench.metrics.per_image import (
     PER_IMAGE_FILE,
     PerImageRecorder,
     image_counts,

@@ -1,4 +1,4 @@
-"""Evaluation-server files (segbench/submission.py, ``evaluate.py ... format_only=true``): each
+"""Evaluation-server files (segbench/data/submission.py, ``evaluate.py ... format_only=true``): each
 format read back through its dataset's own loading gives the predictions exactly; file names match
 the split's ids one to one; a missing or extra file is refused; end to end on a tiny Cityscapes
 (its val files scored by the official evaluator equal segbench's figures) and a tiny VOC."""
@@ -16,8 +16,8 @@ from PIL import Image
 
 from segbench.data.ade20k import ADE20KDataset
 from segbench.data.cityscapes import CityscapesDataset
+from segbench.data.submission import check_complete, pack, split_images, submission_format
 from segbench.data.voc import VOCDataset
-from segbench.submission import check_complete, pack, split_images, submission_format
 from tests.conftest import compose_config
 from tests.fixtures.ade20k import write_ade20k
 from tests.fixtures.cityscapes import write_cityscapes

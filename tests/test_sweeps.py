@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 import segbench.leaderboard.sweep
 from segbench.engine.build import build_model
 from segbench.leaderboard.sweep import LeaderboardCallback
-from segbench.results import RESULTS_FILE, build_results, write_results
+from segbench.metrics import EvaluationRecord
+from segbench.results import RESULTS_FILE, RunFacts, build_results, write_results
 from tests.conftest import CONF, ROOT, compose_config, run_cli
 
 SHAPES = OmegaConf.load(CONF / "dataset" / "shapes.yaml")
@@ -41,33 +42,27 @@ LEAN = [
 
 def fake_results(model: str, iou: list[float], *, config: dict | None = None, val=None) -> dict:
     """A results.json record of a shapes run with per-class test IoU ``iou``."""
-    figures = {
-        "mIoU": sum(iou) / len(iou),
-        "pixel_acc": 0.9,
-        "mean_acc": 0.5,
-        "fwIoU": 0.8,
-        "mDice": 0.5,
-        "iou": iou,
-        "dice": iou,
-        "acc": iou,
-        "confusion_matrix": [[0] * len(CLASSES) for _ in CLASSES],
-    }
-    return build_results(
+    evaluation = EvaluationRecord(
+        class_names=list(CLASSES),
+        summary={"mIoU": sum(iou) / len(iou), "pixel_acc": 0.9, "mean_acc": 0.5},
+        per_class={"iou": iou, "dice": iou, "acc": iou},
+        confusion_matrix=[[0] * len(CLASSES) for _ in CLASSES],
+    )
+    evaluation.summary.update(fwIoU=0.8, mDice=0.5)
+    run = RunFacts(
         kind="train",
         model=model,
         backbone="tiny",
         dataset="shapes",
         split="test",
-        class_names=CLASSES,
         ignore_index=255,
-        figures=figures,
+        num_images=8,
         params=1000,
         seed=0,
         config=config or {"model": {"name": model}},
-        checkpoint=None,
-        num_images=8,
         best_val_miou=val,
     )
+    return build_results(evaluation, run)
 
 
 def read_csv_board(sweep: Path) -> list[dict]:

@@ -2,10 +2,10 @@
 
 On seeded synthetic label maps (smooth regions of ``k`` classes, a prediction with shifted
 boundaries and noise blobs, a void strip) at CamVid's 360x480 and Cityscapes' 1024x2048, in
-turns, median of ``repeats``: seconds per image of :func:`segbench.boundary.boundary_stats` (the
-BF score and the boundary IoU together, as the evaluation computes them) against the per-image
-pixel counts of every other figure (:func:`segbench.per_image.image_counts`), on the machine's
-threads.
+turns, median of ``repeats``: seconds per image of
+:func:`segbench.metrics.boundary.boundary_stats` (the BF score and the boundary IoU together, as
+the evaluation computes them) against the per-image pixel counts of every other figure
+(:func:`segbench.metrics.per_image.image_counts`), on the machine's threads.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from segbench.boundary import BoundaryOptions, boundary_stats
-from segbench.per_image import image_counts
+from segbench.metrics.boundary import BoundaryOptions, boundary_stats
+from segbench.metrics.per_image import image_counts
 
 __all__ = ["bench_boundary", "synthetic_labels"]
 

@@ -77,6 +77,9 @@ class SegDataModule(pl.LightningDataModule):
             decoded size fits in a quarter of the memory available then (CamVid: 0.19 GB for
             its 468 images), else ``none``. Generated datasets (shapes) cache their scenes.
             Figures do not depend on it: the cache holds exactly what the files decode to.
+        figures: the evaluation figures this dataset's protocol adds to ``evaluation.figures``
+            (factories of :class:`segbench.metrics.Figure` by name; Cityscapes: category IoU and
+            iIoU), computed by every evaluation on it.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class SegDataModule(pl.LightningDataModule):
         subset: Mapping[str, int] | None = None,
         seed: int = 0,
         cache: str = "none",
+        figures: Mapping[str, Callable] | None = None,
     ) -> None:
         super().__init__()
         if cache not in CACHE_MODES:
@@ -155,6 +159,7 @@ class SegDataModule(pl.LightningDataModule):
                     "and a number of samples >= 1"
                 )
         self.seed = seed
+        self.figures = dict(figures or {})
         self.resume_position: dict | None = None  # the training loader's, from a checkpoint
         self._datasets: dict[str, SegmentationDataset] = {}
 

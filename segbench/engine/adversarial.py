@@ -58,8 +58,8 @@ class AdversarialTask(SegmentationTask):
 
     Args:
         model: a ``GANSeg`` (``segmenter``, ``discriminator``, ``discriminate``).
-        **task_kwargs: ``loss``, ``optimizer``, ``scheduler``, ``num_classes``, ``ignore_index``,
-            ``class_names``, ``run_config``, ``inference`` as for :class:`SegmentationTask`;
+        **task_kwargs: ``loss``, ``optimizer``, ``scheduler``, ``evaluator``, ``run_config``,
+            ``inference`` ... as for :class:`SegmentationTask`;
             ``optimizer`` and ``scheduler`` act on the segmentor only.
         adversarial_weight: lambda. The paper chooses it per dataset and adversary; 0.1 is
             segbench's default.
@@ -93,7 +93,6 @@ class AdversarialTask(SegmentationTask):
             raise ValueError(f"d_steps must be >= 1, got {d_steps}")
         super().__init__(model=model, **task_kwargs)
         self.automatic_optimization = False
-        self.ignore_index = task_kwargs["ignore_index"]
         self.adversarial_weight = float(adversarial_weight)
         self.discriminator_optimizer_factory = discriminator_optimizer or functools.partial(
             torch.optim.Adam, lr=1e-4

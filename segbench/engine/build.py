@@ -14,7 +14,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_info
 
-from segbench.boundary import BoundaryOptions
 from segbench.data.datamodule import SegDataModule
 from segbench.data.stats import class_weights
 from segbench.engine.checkpoint import load_weights
@@ -22,11 +21,13 @@ from segbench.engine.ema import EMA
 from segbench.engine.resume import AtomicCheckpointIO, RunState
 from segbench.engine.task import SegmentationTask
 from segbench.inference import Inference
+from segbench.metrics import Evaluator
 
 VAL_INFERENCE_KEYS = ("mode", "crop", "stride", "scales", "flip")
 
 __all__ = [
     "build_datamodule",
+    "build_evaluator",
     "build_model",
     "build_task",
     "build_trainer",
@@ -147,27 +148,39 @@ def build_task(
             f"{dm.ignore_index}; leave it as ${{dataset.ignore_index}}"
         )
     task = instantiate(cfg.task)
-    inference = instantiate(cfg.inference) if cfg.get("inference") else None
+    inference = instantiate(cfg.inference) if cfg.get("inference") else Inference()
     return task(
         model=model,
         loss=loss,
         optimizer=instantiate(cfg.optimizer) if cfg.get("optimizer") else None,
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        num_classes=dm.num_classes,
-        ignore_index=dm.ignore_index,
-        class_names=dm.class_names,
+        evaluator=build_evaluator(cfg, dm),
         run_config=run_config,
         inference=inference,
-        fast=OmegaConf.to_container(cfg.fast) if cfg.get("fast") is not None else None,
         val_inference=validation_inference(inference, cfg.get("val_inference")),
-        boundary=BoundaryOptions.from_config(cfg.get("boundary")),
+        fast=OmegaConf.to_container(cfg.fast) if cfg.get("fast") is not None else None,
     )
 
 
-def validation_inference(inference: Inference | None, keys: DictConfig | dict | None):
+def build_evaluator(cfg: DictConfig, dm: SegDataModule) -> Evaluator:
+    """The final evaluation's :class:`~segbench.metrics.Evaluator`: the figures of
+    ``evaluation.figures`` (``conf/evaluation/``), then those the dataset adds
+    (``dataset.figures``), each built now, so that a bad option is refused before training."""
+    figures = dict(instantiate((cfg.get("evaluation") or {}).get("figures") or {}))
+    for name, factory in dm.figures.items():
+        if name in figures:
+            raise ValueError(
+                f"dataset.figures.{name}: evaluation.figures has a figure of that name already"
+            )
+        figures[name] = factory
+    figures = {name: f for name, f in figures.items() if f is not None}  # ~ or null: left out
+    return Evaluator(dm.num_classes, dm.ignore_index, dm.class_names, figures)
+
+
+def validation_inference(inference: Inference, keys: DictConfig | dict | None) -> Inference:
     """How validation predicts: the single-scale part of ``inference`` with the non-null
-    ``val_inference.*`` keys applied; ``None`` for one plain pass at the input size."""
-    base = inference.single_scale() if inference is not None else Inference()
+    ``val_inference.*`` keys applied."""
+    base = inference.single_scale()
     given = {k: v for k, v in dict(keys or {}).items() if v is not None}
     unknown = sorted(set(given) - set(VAL_INFERENCE_KEYS))
     if unknown:
@@ -176,7 +189,7 @@ def validation_inference(inference: Inference | None, keys: DictConfig | dict | 
             f"{', '.join(f'val_inference.{k}' for k in VAL_INFERENCE_KEYS)}"
         )
     if not given:
-        return None if base.plain else base
+        return base
     settings = {
         "mode": base.mode,
         "crop": base.crop,
@@ -191,7 +204,7 @@ def validation_inference(inference: Inference | None, keys: DictConfig | dict | 
         val = Inference(**settings)
     except ValueError as err:
         raise ValueError(str(err).replace("inference.", "val_inference.")) from None
-    return None if val.plain else val
+    return val
 
 
 def build_trainer(cfg: DictConfig, task: SegmentationTask | None = None) -> pl.Trainer:
@@ -231,11 +244,13 @@ def evaluation_task(
     cfg: DictConfig, run_cfg: DictConfig, state_dict: dict, dm: SegDataModule
 ) -> tuple[SegmentationTask, dict]:
     """The task that evaluates checkpoint ``cfg.ckpt`` (its run config ``run_cfg``, its
-    weights loaded), with the evaluation's own speed options (``fast.*``) and boundary
-    figures (``boundary.*``), not the training's; returns it and those options."""
+    weights loaded), with the evaluation's own speed options (``fast.*``) and figures
+    (``evaluation.figures``, ``boundary.*``), not the training's; returns it and those
+    options."""
     speed = {"fast": OmegaConf.to_container(cfg.fast) if cfg.get("fast") is not None else None}
-    if cfg.get("boundary") is not None:
-        speed["boundary"] = OmegaConf.to_container(cfg.boundary)
+    for key in ("evaluation", "boundary"):
+        if cfg.get(key) is not None:
+            speed[key] = OmegaConf.to_container(cfg[key])
     task_cfg = OmegaConf.merge(run_cfg, {"optimizer": None, "scheduler": None}, speed)
     task = build_task(task_cfg, dm, build_model(run_cfg.model))
     load_weights(task, state_dict, str(cfg.ckpt), run_cfg.model.get("name"))

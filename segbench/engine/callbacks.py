@@ -65,7 +65,7 @@ class WandbMedia(pl.Callback):
         table = wandb.Table(
             columns=["class", "IoU", "Dice", "accuracy"],
             data=[
-                [name, results["iou"][i], results["dice"][i], results["acc"][i]]
+                [name, *(results.per_class[k][i] for k in ("iou", "dice", "acc"))]
                 for i, name in enumerate(names)
             ],
         )
@@ -208,7 +208,7 @@ class EvaluationOutputs(pl.Callback):
             title = f"{dm.name}/{split}"
             media["confusion_matrix"] = str(
                 plot_confusion_matrix(
-                    np.asarray(results["confusion_matrix"]),
+                    np.asarray(results.confusion_matrix),
                     pl_module.class_names,
                     self.dirpath / "confusion_matrix.png",
                     title=f"{title}: confusion matrix (row-normalised)",
@@ -216,17 +216,18 @@ class EvaluationOutputs(pl.Callback):
             )
             media["per_class_iou"] = str(
                 plot_per_class_iou(
-                    results["iou"],
+                    results.per_class["iou"],
                     pl_module.class_names,
                     self.dirpath / "per_class_iou.png",
                     palette=dm.palette,
                     title=f"{title}: per-class IoU",
                 )
             )
-            if results.get("calibration") and results["calibration"]["pixels"]:
+            calibration = results.figure_record("calibration")
+            if calibration and calibration["pixels"]:
                 media["reliability"] = str(
                     plot_reliability(
-                        results["calibration"],
+                        calibration,
                         self.dirpath / "reliability.png",
                         title=f"{title}: reliability of the predicted probabilities",
                     )

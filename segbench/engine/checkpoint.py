@@ -11,6 +11,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from segbench.data.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
 from segbench.models.weights import describe_file, describe_object, unreadable_save
 
 __all__ = [
@@ -138,6 +139,11 @@ LEGACY_TASK_KEYS = ("adversarial_weight", "d_steps", "discriminator_optimizer")
 LEGACY_ADVERSARIAL_TASK = "segbench.engine.adversarial.AdversarialTask"
 # the task of every other model then (conf/task/segmentation.yaml)
 LEGACY_TASK = "segbench.engine.task.SegmentationTask"
+# the figures a run on Cityscapes' classes computed before datasets named their own
+# (conf/dataset/cityscapes.yaml's figures)
+LEGACY_CITYSCAPES_FIGURES = {
+    "cityscapes": {"_target_": "segbench.metrics.cityscapes.CityscapesFigures", "_partial_": True}
+}
 
 
 def _retarget(node):
@@ -159,8 +165,9 @@ def upgrade_config(config: dict) -> dict:
     renamed; GAN-seg's training settings moved from ``model`` to ``task``, and its top-level
     ``aux_weight`` dropped (the segmenter carries its own); every other model trained by the
     segmentation task; a ReSeg encoder built to stop at the
-    level ReSeg reads (``until_stride``), as the saved weights were. Today's configs pass
-    through unchanged."""
+    level ReSeg reads (``until_stride``), as the saved weights were; a dataset with Cityscapes'
+    classes evaluated with Cityscapes' figures, as it was before datasets named their figures
+    (``dataset.figures``). Today's configs pass through unchanged."""
     config = _retarget(copy.deepcopy(config))
     model = config.get("model") or {}
     if "task" not in config and any(key in model for key in LEGACY_TASK_KEYS):
@@ -170,6 +177,13 @@ def upgrade_config(config: dict) -> dict:
                 config["task"][key] = model.pop(key)
         model.pop("aux_weight", None)
     config.setdefault("task", {"_target_": LEGACY_TASK, "_partial_": True})
+    dataset = config.get("dataset")
+    if (
+        isinstance(dataset, dict)
+        and "figures" not in dataset
+        and list(dataset.get("class_names") or []) == CITYSCAPES_CLASSES
+    ):
+        dataset["figures"] = copy.deepcopy(LEGACY_CITYSCAPES_FIGURES)
     reseg = model.get("segmenter") if "segmenter" in model else model
     backbone = config.get("backbone")
     if (

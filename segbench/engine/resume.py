@@ -57,6 +57,8 @@ RESUMABLE_KEYS = (
     "inference",
     "bootstrap",
     "boundary",
+    "evaluation",
+    "dataset.figures",
     "reference",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",

@@ -14,9 +14,9 @@ from segbench.engine.rundir import claim
 from segbench.engine.task import SegmentationTask
 from segbench.inference import eval_mode
 from segbench.inference.flops import count_flops
+from segbench.metrics.per_image import PER_IMAGE_FILE, image_id, summarize, write_per_image
 from segbench.models.base import count_parameters, segmenter_of
-from segbench.per_image import PER_IMAGE_FILE, image_id, summarize, write_per_image
-from segbench.results import build_results, format_table, write_results
+from segbench.results import RunFacts, build_results, format_table, write_results
 from segbench.significance import bootstrap
 
 __all__ = ["RunInfo", "score", "start_run"]
@@ -60,6 +60,7 @@ def _test(trainer: pl.Trainer, task: SegmentationTask, dm: SegDataModule, split:
     task.eval_split = split
     tic = time.perf_counter()
     dm.carry_instances(split)  # Cityscapes' iIoU, where its instance files are
+    task.evaluator.notes = {"instances": getattr(dm, "instance_notes", {}).get(split)}
     try:
         trainer.test(task, datamodule=dm, verbose=False)
     finally:
@@ -96,48 +97,47 @@ def score(
     per-class table; returns the results record."""
     throughput = _test(trainer, task, dm, split)
     dataset = dm.dataset(split)
-    figures = task.results[split]
-    names, counts = figures["per_image"]
+    evaluation = task.results[split]
     root = getattr(dataset, "root", None)
-    ids = [image_id(name, root) for name in names]
+    ids = [image_id(name, root) for name in evaluation.names]
     size = list(dataset[0]["image"].shape[-2:])  # FLOPs at the first image's size
     model_cfg, backbone_cfg = run.config["model"], run.config.get("backbone") or {}
-    results = build_results(
+    facts = RunFacts(
         kind=run.kind,
         model=model_cfg.get("name", type(task.model).__name__),
         backbone=backbone_cfg.get("name", "?"),
         dataset=dm.name,
         split=split,
-        class_names=dm.class_names,
         ignore_index=dm.ignore_index,
-        figures=figures,
+        num_images=len(dataset),
         params=count_parameters(segmenter_of(task.model)),
+        seed=run.seed,
+        config=run.config,
+        checkpoint=run.checkpoint,
         eval_mode=eval_mode(model_cfg, task.inference),
         inference=_inference_record(run.config.get("inference")),
         gflops=count_flops(task.model, tuple(size), device=task.device) / 1e9,
         flops_input_size=size,
-        seed=run.seed,
-        config=run.config,
-        checkpoint=run.checkpoint,
-        num_images=len(dataset),
         duration_s=time.time() - run.start,
-        throughput=throughput,
         best_val_miou=run.best_val_miou,
-        per_image={"file": PER_IMAGE_FILE, **summarize(ids, counts)},
-        intervals=_intervals(counts, dm.class_names, run.bootstrap),
-        calibration=figures.get("calibration"),
-        instance_note=getattr(dm, "instance_notes", {}).get(split),
+        throughput=throughput,
+    )
+    results = build_results(
+        evaluation,
+        facts,
+        per_image={"file": PER_IMAGE_FILE, **summarize(ids, evaluation.counts)},
+        intervals=_intervals(evaluation.counts, dm.class_names, run.bootstrap),
     )
     if trainer.is_global_zero:
         write_per_image(
             Path(run.output_dir) / PER_IMAGE_FILE,
             ids,
-            counts,
+            evaluation.counts,
             dm.class_names,
             dm.name,
             split,
-            extra=figures.get("per_image_extra"),
+            extra=evaluation.arrays,
         )
         path = write_results(run.output_dir, results)
-        print(f"\n{format_table(results)}\n\nresults written to {path}")
+        print(f"\n{format_table(results, evaluation)}\n\nresults written to {path}")
     return results

@@ -1,5 +1,5 @@
 """``evaluate.py ckpt=... split=test format_only=true``: predict a split without its labels and
-write the files an evaluation server takes (:mod:`segbench.submission`), packed, with a
+write the files an evaluation server takes (:mod:`segbench.data.submission`), packed, with a
 ``submission.json`` record beside them."""
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from segbench.data.files import read_image
+from segbench.data.submission import pack, split_images, submission_format
 from segbench.engine.build import evaluation_task
 from segbench.engine.checkpoint import evaluation_config
 from segbench.engine.fast import prepare_batch
 from segbench.engine.scoring import start_run
 from segbench.inference import eval_mode
 from segbench.metrics import class_map
-from segbench.submission import pack, split_images, submission_format
 
 __all__ = ["SUBMISSION_FILE", "submit"]
 
@@ -43,10 +43,6 @@ class _Images(Dataset):
         image = read_image(path)
         x, _ = self.transform(image, np.zeros(image.shape[:2], dtype=np.uint8))
         return image_id, x, torch.tensor(image.shape[:2])
-
-
-def _plain(model, x):
-    return model(x)
 
 
 def _device(cfg) -> torch.device:
@@ -81,7 +77,7 @@ def submit(cfg) -> dict:
     with torch.no_grad():
         for image_id, x, size in tqdm(loader, total=len(items), desc=f"predicting {split}"):
             batch = prepare_batch(x[None].to(device), task.fast)
-            logits = (task.inference or _plain)(task.model, batch)["out"]
+            logits = task.inference(task.model, batch)["out"]
             h, w = int(size[0]), int(size[1])
             if logits.shape[-2:] != (h, w):  # a resizing eval transform: back to the image
                 logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
@@ -14,14 +12,10 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
 from segbench import __version__
-from segbench.boundary import BoundaryOptions, boundary_figures, boundary_stats
-from segbench.calibration import Calibration, calibration_record
-from segbench.cityscapes_metrics import category_iou, instance_iou, instance_sums
-from segbench.data.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
 from segbench.engine.fast import check_fast, prepare_batch, prepare_model
-from segbench.metrics import ConfusionMatrix, class_map
+from segbench.inference import Inference
+from segbench.metrics import ConfusionMatrix, EvaluationRecord, Evaluator
 from segbench.models.base import segmenter_of
-from segbench.per_image import PerImageRecorder, image_counts
 
 __all__ = ["SegmentationTask"]
 
@@ -41,6 +35,22 @@ class SegmentationTask(pl.LightningModule):
     prefix is ``eval_split`` (``test`` or ``val``), so keys always say which data they
     describe.
 
+    The test step, as the final evaluation runs it (``trainer.test``)::
+
+        test_step(batch)
+          _eval_step(batch, test=True, prefix=<split>)
+            inference(model, batch.image)       # whole / slide / multi-scale + flip
+            loss(out, batch.mask)               # logged as <split>/loss
+            evaluator.update(scores, mask, batch)
+              confusion matrix, per-image counts
+              each figure of evaluation.figures (+ dataset.figures): boundary, calibration, ...
+          -> {"pred", "uncertainty"?}           # for the callbacks that save predictions
+        on_test_epoch_end
+          evaluator.compute(world_size)         # summed / gathered over every rank
+            -> EvaluationRecord                 # results[<split>]; logged; results.json
+
+    Training and validation keep a confusion matrix each (``train/*``, ``val/*`` figures).
+
     Args:
         model: returns ``{"out": logits (B, K, H, W), "aux"?: logits}``.
         loss: ``(logits, target) -> scalar``; also applied to ``aux`` with the weight the
@@ -48,21 +58,18 @@ class SegmentationTask(pl.LightningModule):
         optimizer: factory taking the parameters (a ``functools.partial``).
         scheduler: factory ``(optimizer, total_steps=N)``, stepped every optimizer step,
             or ``None`` for a constant learning rate.
-        num_classes: number of classes.
-        ignore_index: label excluded from the metrics.
-        class_names: one name per class, used in metric keys.
+        evaluator: the figures of the final evaluation (:class:`~segbench.metrics.Evaluator`,
+            built from ``evaluation.figures`` and the dataset's ``figures``); it also gives the
+            number of classes, the ignore index and the class names.
         run_config: the resolved run configuration (plain containers), stored in checkpoints
             so that ``evaluate.py`` can rebuild the model.
         inference: how the test step predicts (:class:`~segbench.inference.Inference`: whole
-            image, sliding window, multi-scale/flip); ``None``: one plain forward pass.
-        val_inference: how the validation step predicts (the checkpoint choice);
-            ``None``: one plain pass. The engine gives it the single-scale part of
-            ``inference`` unless ``val_inference.*`` says otherwise.
+            image, sliding window, multi-scale/flip); default one plain forward pass.
+        val_inference: how the validation step predicts (the checkpoint choice); default one
+            plain pass. The engine gives it the single-scale part of ``inference`` unless
+            ``val_inference.*`` says otherwise.
         fast: the speed options of :mod:`segbench.engine.fast` (``channels_last``,
             ``compile``); they change no figure beyond floating-point rounding.
-        boundary: whether and how the test loop computes the boundary figures (BF score,
-            boundary IoU; :class:`~segbench.boundary.BoundaryOptions`, the ``boundary.*``
-            keys); ``None``: the defaults, on.
     """
 
     # whether each backward pass leaves some parameters without a gradient (DDP must then look
@@ -76,24 +83,18 @@ class SegmentationTask(pl.LightningModule):
         self,
         model: nn.Module,
         loss: nn.Module,
-        optimizer: OptimizerFactory,
+        optimizer: OptimizerFactory | None,
         scheduler: SchedulerFactory | None,
-        num_classes: int,
-        ignore_index: int,
-        class_names: Sequence[str],
+        evaluator: Evaluator,
         run_config: dict | None = None,
-        inference: Callable[[nn.Module, Tensor], dict[str, Tensor]] | None = None,
+        inference: Inference | None = None,
+        val_inference: Inference | None = None,
         fast: Mapping[str, bool] | None = None,
-        val_inference: Callable[[nn.Module, Tensor], dict[str, Tensor]] | None = None,
-        boundary: BoundaryOptions | Mapping | None = None,
     ) -> None:
         super().__init__()
         self.fast = check_fast(fast)
-        if not isinstance(boundary, BoundaryOptions):
-            boundary = BoundaryOptions.from_config(boundary)
-        self.boundary = boundary
-        self.inference = inference
-        self.val_inference = val_inference
+        self.inference = inference if inference is not None else Inference()
+        self.val_inference = val_inference if val_inference is not None else Inference()
         # the first non-finite step of each checked loss, kept on the device (_check_finite)
         self._nonfinite: dict[str, tuple[Tensor, Tensor, str]] = {}
         self._loss_terms: dict[str, Tensor] = {}
@@ -101,24 +102,21 @@ class SegmentationTask(pl.LightningModule):
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.num_classes = num_classes
-        self.class_names = list(class_names)
+        self.evaluator = evaluator
+        self.num_classes = evaluator.num_classes
+        self.ignore_index = evaluator.ignore_index
+        self.class_names = list(evaluator.class_names)
         self.run_config = run_config or {}
         self.eval_split = "test"
         self.metrics = nn.ModuleDict(
-            {name: ConfusionMatrix(num_classes, ignore_index) for name in ("fit", "val", "test")}
+            {name: ConfusionMatrix(self.num_classes, self.ignore_index) for name in ("fit", "val")}
         )
         # the epoch means of the training losses (``<key>_epoch``), kept as metrics so that
         # a checkpoint written mid-epoch carries them (see on_save_checkpoint)
         self.epoch_means = nn.ModuleDict()
-        # the test loop's counts image by image (segbench.per_image), gathered from every rank,
-        # and the calibration of its probabilities (softmax of the scores), summed over ranks
-        self.per_image = PerImageRecorder()
-        self.calibration = Calibration(num_classes, ignore_index)
-        self.ignore_index = ignore_index
-        # the last figures computed for each prefix, as Python numbers (read by the engine);
-        # the test loop's also hold ``per_image``: (names, counts (N, 3, K)) in dataset order
-        self.results: dict[str, dict] = {}
+        # the last figures computed for each prefix (read by the engine and the callbacks):
+        # the evaluation split's hold the evaluator's every figure and per-image rows
+        self.results: dict[str, EvaluationRecord] = {}
 
     @property
     def aux_weight(self) -> float:
@@ -209,13 +207,9 @@ class SegmentationTask(pl.LightningModule):
         self.metrics["fit"].update(out["out"].detach(), batch["mask"])
         return loss
 
-    def _eval_step(self, batch: dict, metric: str, prefix: str) -> dict[str, Tensor]:
-        if metric == "test" and self.inference is not None:
-            out = self.inference(self.model, batch["image"])
-        elif metric == "val" and self.val_inference is not None:
-            out = self.val_inference(self.model, batch["image"])
-        else:
-            out = self.model(batch["image"])
+    def _eval_step(self, batch: dict, test: bool, prefix: str) -> dict[str, Tensor]:
+        inference = self.inference if test else self.val_inference
+        out = inference(self.model, batch["image"])
         loss = self._loss(out, batch["mask"])
         self.log(
             f"{prefix}/loss",
@@ -225,57 +219,36 @@ class SegmentationTask(pl.LightningModule):
             prog_bar=prefix == "val",
             batch_size=batch["image"].shape[0],
         )
-        self.metrics[metric].update(out["out"], batch["mask"])
-        if metric == "test":
-            self.calibration.update(out["out"], batch["mask"])
-            pred = class_map(out["out"])
-            counts = image_counts(pred, batch["mask"], self.num_classes, self.ignore_index)
-            extra = {}
-            if self.boundary.enabled:
-                bf, boundary_counts = boundary_stats(
-                    pred, batch["mask"], self.num_classes, self.ignore_index, self.boundary
-                )
-                extra = {"bf": bf, "boundary_counts": boundary_counts}
-            if "instance" in batch:  # Cityscapes' instance ids: the sums of its iIoU
-                classes, categories = instance_sums(pred, batch["instance"], self.num_classes)
-                extra["instance_classes"], extra["instance_categories"] = classes, categories
-            self.per_image.add(batch["index"], batch["name"], counts, extra)
-            out = {**out, "pred": pred}  # for test_step: the class map is made once
-        return out
+        if not test:
+            self.metrics["val"].update(out["out"], batch["mask"])
+            return out
+        pred = self.evaluator.update(out["out"], batch["mask"], batch)
+        return {**out, "pred": pred}  # for test_step: the class map is made once
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val", "val")
+        self._eval_step(batch, test=False, prefix="val")
 
     def test_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         """Returns the predictions ``pred (B, H, W)`` (and ``uncertainty (B, H, W)`` when the
         model gives one) for callbacks that save them."""
-        out = self._eval_step(batch, "test", self.eval_split)
+        out = self._eval_step(batch, test=True, prefix=self.eval_split)
         result = {"pred": out["pred"]}
         if "uncertainty" in out:
             result["uncertainty"] = out["uncertainty"]
         return result
 
-    def _log_metrics(self, metric: str, prefix: str) -> None:
-        values = self.metrics[metric].compute()  # summed over all ranks
-        self.metrics[metric].reset()
-        summary = {k: float(values[k]) for k in ("mIoU", "pixel_acc", "mean_acc", "fwIoU", "mDice")}
-        per_class = {k: values[k].tolist() for k in ("iou", "dice", "acc")}
-        logged = {f"{prefix}/{k}": v for k, v in summary.items()}
-        logged.update(
-            {
-                f"{prefix}/iou/{name}": v
-                for name, v in zip(self.class_names, per_class["iou"])
-                if not math.isnan(v)
-            }
-        )
+    def _log_record(self, record: EvaluationRecord, prefix: str) -> None:
+        """Log every scalar of ``record`` under ``prefix`` and keep it in ``results``."""
+        logged = {f"{prefix}/{k}": v for k, v in record.logged().items()}
         miou_key = f"{prefix}/mIoU"
         self.log(miou_key, logged.pop(miou_key), prog_bar=prefix == "val")
         self.log_dict(logged)
-        self.results[prefix] = {
-            **summary,
-            **per_class,
-            "confusion_matrix": values["confmat"].tolist(),
-        }
+        self.results[prefix] = record
+
+    def _log_metrics(self, metric: str, prefix: str) -> None:
+        values = self.metrics[metric].compute()  # summed over all ranks
+        self.metrics[metric].reset()
+        self._log_record(EvaluationRecord.from_confusion(values, self.class_names), prefix)
 
     def on_train_epoch_end(self) -> None:
         self._raise_nonfinite()
@@ -288,55 +261,13 @@ class SegmentationTask(pl.LightningModule):
         self._log_metrics("val", "val")
 
     def on_test_epoch_start(self) -> None:
-        self.per_image.reset()
-        self.calibration.reset()
+        self.evaluator.reset()
 
     def on_test_epoch_end(self) -> None:
-        prefix = self.eval_split
-        self._log_metrics("test", prefix)
         world = self.trainer.world_size if self._trainer is not None else 1
-        names, counts, extra = self.per_image.gather_all(world)
-        self.results[prefix]["per_image"] = (names, counts)
-        self.results[prefix]["per_image_extra"] = extra
-        self.per_image.reset()
-        if "bf" in extra:  # every rank holds every image's rows: the same figures everywhere
-            record = boundary_figures(extra["bf"], extra["boundary_counts"])
-            record["bf_tolerance"] = self.boundary.bf_tolerance
-            record["iou_dilation"] = self.boundary.iou_dilation
-            self.results[prefix]["boundary"] = record
-            self.log_dict(
-                {
-                    f"{prefix}/{k}": record[k]
-                    for k in ("bf", "boundary_iou")
-                    if record[k] is not None
-                }
-            )
-        if self.class_names == CITYSCAPES_CLASSES:
-            self._cityscapes_figures(prefix, extra)
-        calibration = calibration_record(self.calibration.compute())  # summed over ranks
-        self.calibration.reset()
-        self.results[prefix]["calibration"] = calibration
-        logged = {k: calibration[k] for k in ("ece", "nll", "brier")}
-        self.log_dict({f"{prefix}/{k}": v for k, v in logged.items() if v is not None})
-
-    def _cityscapes_figures(self, prefix: str, extra: dict) -> None:
-        """Category IoU, and iIoU when the samples carried instance ids, as cityscapesScripts
-        computes them (:mod:`segbench.cityscapes_metrics`); logged and kept in ``results``."""
-        confusion = np.asarray(self.results[prefix]["confusion_matrix"])
-        record = {"category_iou": category_iou(confusion)}
-        logged = {f"{prefix}/category_mIoU": record["category_iou"]["mean"]}
-        if "instance_classes" in extra:
-            iiou = instance_iou(
-                confusion,
-                extra["instance_classes"],
-                extra["instance_categories"],
-                self.class_names,
-            )
-            record["iiou"] = iiou
-            logged[f"{prefix}/iIoU"] = iiou["mean"]
-            logged[f"{prefix}/category_iIoU"] = iiou["category_mean"]
-        self.results[prefix]["cityscapes"] = record
-        self.log_dict({k: v for k, v in logged.items() if v is not None})
+        record = self.evaluator.compute(world)  # every rank gets the same record
+        self.evaluator.reset()
+        self._log_record(record, self.eval_split)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from segbench.leaderboard.build import configuration_key
-from segbench.per_image import read_per_image
+from segbench.metrics.per_image import read_per_image
 
 __all__ = ["ComparisonError", "RunSet", "check_comparable", "load_runs", "per_image_path"]
 

@@ -13,9 +13,11 @@ The file, ``per_image.npz`` next to ``results.json`` (named there), holds:
   them), ``[:, 0]`` intersection, ``[:, 1]`` ground truth, ``[:, 2]`` predicted;
 * ``ids``: ``(N,)`` strings, each image's path relative to the dataset root (or its name);
 * ``classes``: ``(K,)`` class names; ``split`` and ``dataset``: strings;
-* with the boundary figures (``boundary.enabled``, :mod:`segbench.boundary`): ``bf`` ``(N, K)``
-  float64, each class's BF F1 in each image (NaN where its ground truth lacks the class), and
-  ``boundary_counts`` ``(N, 2, K)``, boundary IoU's intersection and union pixels.
+* each further per-image array of the evaluation's figures (:mod:`segbench.metrics.evaluator`):
+  with the boundary figures (:mod:`segbench.metrics.boundary`), ``bf`` ``(N, K)`` float64, each
+  class's BF F1 in each image (NaN where its ground truth lacks the class), and
+  ``boundary_counts`` ``(N, 2, K)``, boundary IoU's intersection and union pixels; on Cityscapes
+  with instance files, ``instance_classes`` and ``instance_categories`` (iIoU's sums).
 
 Rows are in dataset order. Under DDP every rank records its own images and rank 0 gathers and
 writes them once, so 1 and N processes write identical files.
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from segbench.metrics import metrics_from_counts
+from segbench.metrics.confusion import metrics_from_counts
 
 __all__ = [
     "PER_IMAGE_FILE",
@@ -99,7 +101,7 @@ class PerImageRecorder:
     ) -> None:
         """Record a batch: the images' dataset indices and names, their ``(B, 3, K)`` counts
         (:func:`image_counts`) and any further per-image arrays (``extra``: name -> ``(B,
-        ...)``, e.g. the boundary figures of :mod:`segbench.boundary`), kept as they are."""
+        ...)``, e.g. the boundary figures of :mod:`segbench.metrics.boundary`), kept as they are."""
         indices = [int(i) for i in indices]
         if not len(indices) == len(names) == counts.shape[0]:
             raise ValueError(

@@ -4,7 +4,7 @@ the boundary IoU (Cheng, Girshick, Dollár, Berg & Kirillov, CVPR 2021).
 
 Both are computed on the evaluated label maps (the labels' resolution), one image at a time, and
 kept per image (``per_image.npz``), so that the dataset's figures are the same on one process
-and on N (the rows are gathered, as the pixel counts of :mod:`segbench.per_image` are).
+and on N (the rows are gathered, as the pixel counts of :mod:`segbench.metrics.per_image` are).
 
 BF score. A class's *boundary* in a label map is the set of its pixels with a 4-neighbour of
 another label inside the image (the image's own border is not a boundary; a ground-truth
@@ -39,6 +39,7 @@ unmatched, not with the pixels times the disk's area.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,7 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["BoundaryOptions", "boundary_figures", "boundary_stats"]
+from segbench.metrics.evaluator import EvalBatch, Figure, FigureResult, Totals
+
+__all__ = ["BoundaryFigures", "BoundaryOptions", "boundary_figures", "boundary_stats"]
 
 
 @dataclass(frozen=True)
@@ -264,3 +267,78 @@ def boundary_figures(bf: np.ndarray, counts: np.ndarray) -> dict:
         "boundary_iou": float(np.mean(defined)) if defined else None,
         "boundary_iou_per_class": iou,
     }
+
+
+class BoundaryFigures(Figure):
+    """The BF score and boundary IoU of the final evaluation (see the module docstring), kept
+    per image as ``bf (N, K)`` and ``boundary_counts (N, 2, K)``.
+
+    Args:
+        options: the ``boundary.*`` keys (:class:`BoundaryOptions`; ``None``: the defaults).
+            With ``enabled=false`` nothing is computed and ``results.json`` says so.
+    """
+
+    name = "boundary"
+
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int | None,
+        class_names,
+        options: BoundaryOptions | Mapping | None = None,
+    ) -> None:
+        super().__init__(num_classes, ignore_index, class_names)
+        if not isinstance(options, BoundaryOptions):
+            options = BoundaryOptions.from_config(options)
+        self.options = options
+
+    def update(self, batch: EvalBatch) -> dict[str, Tensor]:
+        if not self.options.enabled:
+            return {}
+        bf, counts = boundary_stats(
+            batch.pred, batch.target, self.num_classes, self.ignore_index, self.options
+        )
+        return {"bf": bf, "boundary_counts": counts}
+
+    def compute(self, totals: Totals) -> FigureResult:
+        names = self.class_names
+        if not self.options.enabled or "bf" not in totals.arrays:
+            empty = dict.fromkeys(names)
+            return FigureResult(
+                metrics={
+                    "bf": None,
+                    "boundary_iou": None,
+                    "per_class_bf": empty,
+                    "per_class_boundary_iou": dict(empty),
+                },
+                entries={
+                    "boundary": {"computed": False, "why": "boundary.enabled=false: not computed"}
+                },
+                notes=["BF, boundary IoU: boundary.enabled=false: not computed"],
+            )
+        record = boundary_figures(totals.arrays["bf"], totals.arrays["boundary_counts"])
+        record["bf_tolerance"] = self.options.bf_tolerance
+        record["iou_dilation"] = self.options.iou_dilation
+        return FigureResult(
+            record=record,
+            metrics={
+                "bf": record["bf"],
+                "boundary_iou": record["boundary_iou"],
+                "per_class_bf": dict(zip(names, record["bf_per_class"])),
+                "per_class_boundary_iou": dict(zip(names, record["boundary_iou_per_class"])),
+            },
+            entries={
+                "boundary": {
+                    "computed": True,
+                    "bf_tolerance": record["bf_tolerance"],
+                    "iou_dilation": record["iou_dilation"],
+                    "bf_images": record["bf_images"],
+                }
+            },
+            logged={"bf": record["bf"], "boundary_iou": record["boundary_iou"]},
+            columns={
+                "BF %": record["bf_per_class"],
+                "bIoU %": record["boundary_iou_per_class"],
+            },
+            rows=[("BF", record["bf"]), ("boundary IoU", record["boundary_iou"])],
+        )

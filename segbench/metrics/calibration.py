@@ -25,7 +25,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-__all__ = ["Calibration", "calibration_record"]
+from segbench.metrics.evaluator import EvalBatch, Figure, FigureResult, Totals
+
+__all__ = ["CalibrationFigures", "Calibration", "calibration_record"]
 
 
 class Calibration(Metric):
@@ -221,3 +223,31 @@ def calibration_record(values: dict) -> dict:
             "accuracy": _numbers(values["accuracy"]),
         },
     }
+
+
+class CalibrationFigures(Figure):
+    """ECE, NLL and Brier score of the evaluation's probabilities (``softmax`` of the scores)
+    and the reliability diagram's bins, summed over ranks (:class:`Calibration`)."""
+
+    name = "calibration"
+
+    def __init__(
+        self, num_classes: int, ignore_index: int | None, class_names, bins: int = 15
+    ) -> None:
+        super().__init__(num_classes, ignore_index, class_names)
+        self.metric = Calibration(num_classes, ignore_index, bins=bins)
+
+    def update(self, batch: EvalBatch) -> dict[str, Tensor]:
+        self.metric.update(batch.scores, batch.target)
+        return {}
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+    def compute(self, totals: Totals) -> FigureResult:
+        record = calibration_record(self.metric.compute())  # summed over ranks
+        return FigureResult(
+            record=record,
+            entries={"calibration": record},
+            logged={k: record[k] for k in ("ece", "nll", "brier")},
+        )

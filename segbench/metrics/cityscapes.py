@@ -31,7 +31,10 @@ import torch
 from torch import Tensor
 from torchvision.datasets import Cityscapes
 
+from segbench.metrics.evaluator import EvalBatch, Figure, FigureResult, Totals
+
 __all__ = [
+    "CityscapesFigures",
     "AVG_CLASS_SIZE",
     "CATEGORIES",
     "INSTANCE_CATEGORIES",
@@ -165,3 +168,56 @@ def instance_iou(
         "categories": per_category,
         "category_mean": mean(per_category),
     }
+
+
+class CityscapesFigures(Figure):
+    """Cityscapes' own figures (``conf/dataset/cityscapes.yaml`` adds them): the category IoU,
+    and the iIoU of classes and categories when the samples carry instance ids (kept per image
+    as ``instance_classes (N, 2, K)`` and ``instance_categories (N, 2, C)``)."""
+
+    name = "cityscapes"
+
+    def update(self, batch: EvalBatch) -> dict[str, Tensor]:
+        if "instance" not in batch.batch:
+            return {}
+        classes, categories = instance_sums(batch.pred, batch.batch["instance"], self.num_classes)
+        return {"instance_classes": classes, "instance_categories": categories}
+
+    def compute(self, totals: Totals) -> FigureResult:
+        categories = category_iou(totals.confusion)
+        record = {"category_iou": categories}
+        entry = {
+            "category_iou": categories["categories"],
+            "category_mIoU": categories["mean"],
+        }
+        logged = {"category_mIoU": categories["mean"]}
+        rows = [("category mIoU", categories["mean"])]
+        notes = []
+        if "instance_classes" in totals.arrays:
+            iiou = instance_iou(
+                totals.confusion,
+                totals.arrays["instance_classes"],
+                totals.arrays["instance_categories"],
+                self.class_names,
+            )
+            record["iiou"] = iiou
+            entry["iiou"] = {"computed": True, **iiou}
+            logged.update(iIoU=iiou["mean"], category_iIoU=iiou["category_mean"])
+            rows += [("iIoU", iiou["mean"]), ("category iIoU", iiou["category_mean"])]
+        else:
+            why = totals.notes.get("instances") or "the evaluated samples carried no instance ids"
+            entry["iiou"] = {"computed": False, "why": f"iIoU not computed: {why}"}
+            notes.append(entry["iiou"]["why"])
+        iiou = record.get("iiou") or {}
+        return FigureResult(
+            record=record,
+            metrics={
+                "category_mIoU": categories["mean"],
+                "iIoU": iiou.get("mean"),
+                "category_iIoU": iiou.get("category_mean"),
+            },
+            entries={"cityscapes": entry},
+            logged=logged,
+            rows=rows,
+            notes=notes,
+        )
