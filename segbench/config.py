@@ -9,9 +9,35 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-__all__ = ["CONF", "compose", "compose_train_config", "parse_verb_args", "verb_parser"]
+__all__ = [
+    "CONF",
+    "compose",
+    "compose_train_config",
+    "parse_verb_args",
+    "register_resolvers",
+    "verb_parser",
+]
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _fast_precision(accelerator: str = "auto") -> str:
+    from segbench.inference.fast import fast_precision  # torch: imported when resolved
+
+    return fast_precision(accelerator)
+
+
+def register_resolvers() -> None:
+    """Register the resolvers ``conf/`` uses (once per process; ``train.py`` and ``evaluate.py``
+    get them by importing :mod:`segbench.engine.run`, which calls this):
+
+    - ``${segbench_fast_precision:<accelerator>}``: the mixed precision ``trainer=fast`` picks
+      for the machine (:func:`segbench.inference.fast.fast_precision`).
+    """
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("segbench_fast_precision"):
+        OmegaConf.register_new_resolver("segbench_fast_precision", _fast_precision, use_cache=True)
 
 
 def compose(name: str, overrides: list[str], output_dir: str | Path = ".") -> DictConfig:
@@ -21,8 +47,7 @@ def compose(name: str, overrides: list[str], output_dir: str | Path = ".") -> Di
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    import segbench.engine.fast  # noqa: F401  (registers the resolvers conf/ uses)
-
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(config_name=name, overrides=[*overrides, f"output_dir={output_dir}"])

@@ -12,7 +12,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from segbench.engine.checkpoint import load_checkpoint
+from segbench.checkpoints.store import load_checkpoint
 from segbench.engine.ema import ema_decay
 from segbench.engine.run import evaluate, train
 from tests.conftest import compose_config

@@ -12,7 +12,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from PIL import Image
 
-from segbench.engine.checkpoint import CheckpointError, load_checkpoint
+from segbench.checkpoints.store import CheckpointError, load_checkpoint
 from segbench.engine.run import evaluate, train
 from tests.conftest import compose_config, make_folder_dataset
 

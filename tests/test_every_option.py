@@ -218,7 +218,7 @@ def _evaluation_in_training(res: dict, run_dir: Path) -> None:
 
 
 def _fast(res: dict, run_dir: Path) -> None:
-    from segbench.engine.fast import fast_precision
+    from segbench.inference.fast import fast_precision
 
     trainer = res["config"]["trainer"]
     assert res["config"]["fast"] == {"channels_last": True, "compile": False}

@@ -10,9 +10,9 @@ import torch
 from omegaconf import OmegaConf
 
 from segbench.engine.build import build_model, validation_inference
-from segbench.engine.fast import check_fast, fast_precision, prepare_batch, prepare_model
 from segbench.engine.resume import config_differences
 from segbench.inference import Inference
+from segbench.inference.fast import check_fast, fast_precision, prepare_batch, prepare_model
 from segbench.metrics import class_map
 from tests.conftest import compose_config
 

@@ -153,3 +153,43 @@ def test_a_verb_usage_error_exits_2_as_a_user_runs_it():
 def test_a_verb_that_finds_nothing_exits_1(tmp_path):
     proc = run_segbench("leaderboard", str(tmp_path), "--out", str(tmp_path / "out"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
+
+
+# the layers that run things: a module outside them never imports them, so that data, models,
+# metrics, inference and checkpoints stay usable without the runner (and without a cycle of
+# layers); deploy/ predicts through segbench.checkpoints, not the training runner
+RUNNERS = ("segbench.engine", "segbench.leaderboard", "segbench.bench", "segbench.deploy")
+ENTRY_POINTS = ("segbench.cli", "segbench.__main__")
+
+
+def _layer(name: str) -> str | None:
+    return next((r for r in RUNNERS if name == r or name.startswith(r + ".")), None)
+
+
+def test_imports_run_one_way_from_the_runners_to_the_rest():
+    known = module_names()
+    graph = {name: imported_modules(name, path, known) for name, path in known.items()}
+    wrong = sorted(
+        f"{name} imports {target}"
+        for name, targets in graph.items()
+        if _layer(name) is None and name not in ENTRY_POINTS
+        for target in targets
+        if _layer(target) is not None or target in ENTRY_POINTS
+    )
+    assert not wrong, "a module outside the runners imports one:\n" + "\n".join(wrong)
+    deploy_to_engine = sorted(
+        f"{name} imports {target}"
+        for name, targets in graph.items()
+        if _layer(name) == "segbench.deploy"
+        for target in targets
+        if _layer(target) == "segbench.engine"
+    )
+    assert not deploy_to_engine, "\n".join(deploy_to_engine)
+    # the rule was really checked: the runners do import the rest
+    assert "segbench.metrics" in graph["segbench.engine.task"]
+
+
+def test_the_direction_rule_catches_a_planted_import():
+    graph = {"segbench.metrics.x": {"segbench.engine.task"}, "segbench.engine.task": set()}
+    wrong = [n for n, ts in graph.items() if _layer(n) is None and any(map(_layer, ts))]
+    assert wrong == ["segbench.metrics.x"]

@@ -12,8 +12,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from segbench.checkpoints.store import upgrade_config
 from segbench.engine.build import build_model
-from segbench.engine.checkpoint import upgrade_config
 from segbench.engine.run import evaluate
 from tests.conftest import compose_config
 

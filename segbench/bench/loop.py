@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segbench.engine.build import build_datamodule, build_model, build_task, resolve_class_weights
-from segbench.engine.fast import autocast_for, prepare_batch
+from segbench.inference.fast import autocast_for, prepare_batch
 
 __all__ = ["bare_loop", "lightning_loop"]
 

@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from segbench.engine.fast import autocast_for
+from segbench.inference.fast import autocast_for
 
 __all__ = [
     "VARIANTS",

@@ -80,10 +80,8 @@ def _check_exportable(predictor: Predictor) -> None:
             "model.mc_samples=0 to export the deterministic network (dropout off, weight "
             "averaging), or predict with the checkpoint for the uncertainty"
         )
-    inference = predictor.task.inference
-    if inference is not None and not (
-        inference.mode == "whole" and inference.passes == 1 and tuple(inference.scales) == (1.0,)
-    ):
+    inference = predictor.inference
+    if not inference.plain:
         raise ExportRefused(
             f"{inference!r}: the export is the network at one scale; multi-scale, flip and "
             "sliding-window inference run around it in Python. Export with the default "
@@ -239,7 +237,7 @@ def export(args) -> dict:
         raise SystemExit(f"error: {args.ckpt} cannot be exported: {err}") from None
     size = _default_size(predictor, args.size)
     images, what = _parity_images(predictor, args.images, size)
-    net = _Network(predictor.task.model, output).eval()
+    net = _Network(predictor.network, output).eval()
     example = predictor.tensor(images[0])[None]
     # the other sizes of the dynamic check: odd ones (no multiple of any stride, so that a
     # graph traced through a branch taken only at multiples of 32, FCN's skip crops, is caught)

@@ -1,9 +1,10 @@
 """A trained checkpoint as a function of images: the one code path of ``segbench predict``,
 ``segbench export``'s parity check and ``segbench serve``.
 
-:class:`Predictor` builds the network exactly as ``evaluate.py`` does (the checkpoint's run
-config merged with the evaluation's ``inference=...``, ``fast.*`` and ``model.mc_samples`` /
-``model.crf`` choices, :func:`segbench.engine.build.evaluation_task`), passes each image through
+:class:`Predictor` loads the checkpoint with :func:`segbench.checkpoints.load_model`, which builds
+the network exactly as ``evaluate.py`` does (the checkpoint's run config merged with the
+evaluation's ``inference=...``, ``fast.*`` and ``model.mc_samples`` / ``model.crf`` choices,
+without the training runner), passes each image through
 the checkpoint's evaluation transform (normalisation, any resize) and returns its class map at
 the image's own size, with the model's per-pixel uncertainty where it gives one (Bayesian
 SegNet's MC dropout). No labels are read.
@@ -20,8 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 
 from segbench.deploy.images import (
     ImageError,
@@ -31,10 +30,7 @@ from segbench.deploy.images import (
     load_image,
     overlay_with_legend,
 )
-from segbench.engine.fast import autocast_for, prepare_batch
-from segbench.inference import eval_mode
 from segbench.metrics import class_map
-from segbench.plots import default_palette
 
 __all__ = [
     "ImageError",
@@ -57,44 +53,6 @@ class Prediction:
     seconds: float  # the network's time for the batch the image was in, divided per image
 
 
-def _plain(model, x):
-    return model(x)
-
-
-def _device(cfg: DictConfig, device: str | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def _model_overrides(overrides: Sequence[str]) -> tuple[dict, list[str]]:
-    """``model.<key>=value`` overrides of the evaluation-only keys (``mc_samples``, ``crf``)
-    taken out of ``overrides``, as evaluate.py applies them to the trained model config; any
-    other ``model.<key>`` would change what the weights mean and is refused."""
-    from segbench.engine.checkpoint import EVALUATION_ONLY_KEYS, CheckpointError
-
-    keys, rest = {}, []
-    for token in overrides:
-        key, _, value = token.partition("=")
-        name = key.lstrip("+~")
-        if name.startswith("model."):
-            field = name.split(".", 1)[1]
-            if field.split(".")[0] not in EVALUATION_ONLY_KEYS:
-                raise CheckpointError(
-                    f"{token}: model.{field} cannot change at prediction: only "
-                    f"{', '.join(f'model.{k}' for k in EVALUATION_ONLY_KEYS)} may be set"
-                )
-            keys = OmegaConf.to_container(
-                OmegaConf.merge(keys, OmegaConf.from_dotlist([f"{field}={value}"]))
-            )
-        else:
-            rest.append(token)
-    return keys, rest
-
-
 def run_dir_of(ckpt: str | Path) -> Path:
     """The run directory a checkpoint belongs to (``<run>/checkpoints/<name>.ckpt``)."""
     ckpt = Path(ckpt).resolve()
@@ -115,29 +73,19 @@ class Predictor:
     def __init__(
         self, ckpt: str | Path, overrides: Sequence[str] = (), device: str | None = None
     ) -> None:
-        from segbench.config import compose
-        from segbench.engine.build import evaluation_task
-        from segbench.engine.checkpoint import evaluation_config
+        from segbench.checkpoints import load_model
 
-        self.ckpt = str(ckpt)
-        model_keys, overrides = _model_overrides(overrides)
-        cfg = compose("evaluate", [f"ckpt={self.ckpt}", *overrides])
-        self.cfg = cfg
-        self.run_cfg, state_dict = evaluation_config(cfg)
-        if model_keys:  # model.mc_samples=0, model.crf=null: how the trained model predicts
-            self.run_cfg.model = OmegaConf.merge(self.run_cfg.model, model_keys)
-        self.dm = instantiate(self.run_cfg.dataset)  # no split opened: no labels read
-        self.task, _ = evaluation_task(cfg, self.run_cfg, state_dict, self.dm)
-        self.device = _device(cfg, device)
-        self.task.to(self.device).eval()
-        self.transform = self.dm.eval_transform
-        self.class_names = [str(n) for n in self.dm.class_names]
-        self.num_classes = int(self.dm.num_classes)
-        self.palette = [
-            list(map(int, c)) for c in (self.dm.palette or default_palette(self.num_classes))
-        ]
-        self.precision = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
-        self.eval_mode = eval_mode(self.run_cfg.model, self.task.inference)
+        self.model = load_model(ckpt, overrides, device)
+        self.ckpt = self.model.ckpt
+        self.cfg, self.run_cfg = self.model.cfg, self.model.run_cfg
+        self.network, self.inference = self.model.network, self.model.inference
+        self.device = self.model.device
+        self.transform = self.model.transform
+        self.class_names = self.model.class_names
+        self.num_classes = self.model.num_classes
+        self.palette = self.model.palette
+        self.precision = self.model.precision
+        self.eval_mode = self.model.eval_mode
 
     # ------------------------------------------------------------------------------ describe
 
@@ -160,11 +108,11 @@ class Predictor:
             "checkpoint": self.ckpt,
             "model": model.get("name"),
             "backbone": backbone.get("name") if backbone is not None else None,
-            "dataset": self.dm.name,
+            "dataset": self.model.dataset,
             "num_classes": self.num_classes,
             "classes": self.class_names,
             "palette": self.palette,
-            "ignore_index": int(self.dm.ignore_index),
+            "ignore_index": self.model.ignore_index,
             "eval_mode": self.eval_mode,
             "uncertainty": bool(int(model.get("mc_samples") or 0) > 0),
             "device": str(self.device),
@@ -178,16 +126,10 @@ class Predictor:
         x, _ = self.transform(image, np.zeros(image.shape[:2], dtype=np.uint8))
         return x
 
-    @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """The evaluation's scores (``out``, and ``uncertainty`` when the model gives one) of a
         transformed batch ``(B, 3, h, w)``, at its size."""
-        batch = prepare_batch(batch.to(self.device), self.task.fast)
-        autocast = autocast_for(self.precision, self.device)
-        if autocast is None:
-            return (self.task.inference or _plain)(self.task.model, batch)
-        with autocast:
-            return (self.task.inference or _plain)(self.task.model, batch)
+        return self.model(batch)
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Predict images of one size in one batch (each ``uint8 (H, W, 3)`` RGB)."""

@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: max_upload_mb={args.max_upload_mb}: expected a size > 0")
     import uvicorn
 
+    from segbench.checkpoints import CheckpointError
     from segbench.deploy.predictor import Predictor
-    from segbench.engine.checkpoint import CheckpointError
 
     try:
         predictor = Predictor(args.ckpt, args.overrides, device=args.device or None)

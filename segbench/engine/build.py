@@ -14,9 +14,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_info
 
+from segbench.checkpoints.loader import build_model
+from segbench.checkpoints.store import load_weights
 from segbench.data.datamodule import SegDataModule
 from segbench.data.stats import class_weights
-from segbench.engine.checkpoint import load_weights
 from segbench.engine.ema import EMA
 from segbench.engine.resume import AtomicCheckpointIO, RunState
 from segbench.engine.task import SegmentationTask
@@ -35,24 +36,6 @@ __all__ = [
     "resolve_class_weights",
     "validation_inference",
 ]
-
-
-def _constructor_args(cfg: dict) -> dict:
-    """A model config without its ``name`` (a label, not an argument), also in the model
-    configs nested in it (a wrapper's ``segmenter``); encoders keep theirs."""
-    out = {k: v for k, v in cfg.items() if k != "name"}
-    for key, value in out.items():
-        if isinstance(value, dict) and "_target_" in value and "num_classes" in value:
-            out[key] = _constructor_args(value)
-    return out
-
-
-def build_model(model_cfg: DictConfig | dict) -> torch.nn.Module:
-    """Instantiate ``conf/model/*`` (its ``encoder`` is the backbone config)."""
-    if not isinstance(model_cfg, DictConfig):
-        model_cfg = OmegaConf.create(model_cfg)
-    cfg = OmegaConf.to_container(model_cfg, resolve=True)  # resolves against the root config
-    return instantiate(_constructor_args(cfg))
 
 
 def build_datamodule(dataset_cfg: DictConfig, splits: list[str], seed: int = 0) -> SegDataModule:

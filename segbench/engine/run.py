@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_info
 
+from segbench.checkpoints.store import evaluation_config, load_checkpoint
+from segbench.config import register_resolvers
 from segbench.engine.build import (
     build_datamodule,
     build_model,
@@ -24,12 +26,13 @@ from segbench.engine.build import (
     evaluation_task,
     resolve_class_weights,
 )
-from segbench.engine.checkpoint import evaluation_config, load_checkpoint
 from segbench.engine.loggers import CSVLogger, end_wandb_run
 from segbench.engine.resume import RunState, check_resume_config, resolve_resume
 from segbench.engine.rundir import release
 from segbench.engine.scoring import score, start_run
 from segbench.reference import check_reference
+
+register_resolvers()  # before train.py / evaluate.py compose conf/
 
 __all__ = ["evaluate", "train"]
 

@@ -15,13 +15,13 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from segbench.checkpoints.store import evaluation_config
 from segbench.data.files import read_image
 from segbench.data.submission import pack, split_images, submission_format
 from segbench.engine.build import evaluation_task
-from segbench.engine.checkpoint import evaluation_config
-from segbench.engine.fast import prepare_batch
 from segbench.engine.scoring import start_run
 from segbench.inference import eval_mode
+from segbench.inference.fast import prepare_batch
 from segbench.metrics import class_map
 
 __all__ = ["SUBMISSION_FILE", "submit"]

@@ -12,8 +12,8 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
 from segbench import __version__
-from segbench.engine.fast import check_fast, prepare_batch, prepare_model
 from segbench.inference import Inference
+from segbench.inference.fast import check_fast, prepare_batch, prepare_model
 from segbench.metrics import ConfusionMatrix, EvaluationRecord, Evaluator
 from segbench.models.base import segmenter_of
 
@@ -68,7 +68,7 @@ class SegmentationTask(pl.LightningModule):
         val_inference: how the validation step predicts (the checkpoint choice); default one
             plain pass. The engine gives it the single-scale part of ``inference`` unless
             ``val_inference.*`` says otherwise.
-        fast: the speed options of :mod:`segbench.engine.fast` (``channels_last``,
+        fast: the speed options of :mod:`segbench.inference.fast` (``channels_last``,
             ``compile``); they change no figure beyond floating-point rounding.
     """
 

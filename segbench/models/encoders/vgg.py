@@ -146,7 +146,7 @@ class VGGEncoder(nn.Module):
 
     def load_weights(self, path: str) -> None:
         """Load ``features.*`` tensors from a local torchvision/timm VGG state dict (read as
-        :func:`~segbench.engine.checkpoint.read_state_dict` reads one); a file that does not
+        :func:`~segbench.checkpoints.store.read_state_dict` reads one); a file that does not
         fit them key for key and shape for shape is refused, with what differs."""
         file = Path(path).expanduser()
         if not file.is_file():

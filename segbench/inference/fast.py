@@ -22,7 +22,6 @@ from contextlib import AbstractContextManager
 from functools import cache
 
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 __all__ = [
@@ -102,7 +101,3 @@ def fast_precision(accelerator: str = "auto") -> str:
     if cuda:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "bf16-mixed" if "amx_bf16" in cpu_flags() else "32-true"
-
-
-if not OmegaConf.has_resolver("segbench_fast_precision"):
-    OmegaConf.register_new_resolver("segbench_fast_precision", fast_precision, use_cache=True)
