@@ -2,6 +2,30 @@
 
 Both take a composed config and return the ``results.json`` record they wrote, so tests call
 them without a shell. Every check that can fail runs before any training or evaluation starts.
+
+The call chain of ``train(cfg)``::
+
+    train(cfg)                                   # holds the run directory, ends the W&B run
+      check_reference(cfg.reference)             # segbench/reference.py
+      start_run(cfg, "train")                    # claim the directory, seed  (scoring.py)
+      resolve_resume(cfg.resume)                 # checkpoint to carry on from  (resume.py)
+      build_datamodule(cfg.dataset, splits)      # every split opened now  (build.py)
+      resolve_class_weights(cfg.loss, dm)        # weights computed over train, recorded
+      load_checkpoint + check_resume_config      # when resuming: same training config
+      build_task(cfg, dm, build_model(cfg.model))
+        loss, optimizer, scheduler, inference, val_inference
+        build_evaluator(cfg, dm)                 # evaluation.figures + dataset.figures
+      check_input_sizes(model, dm, splits)       # images not smaller than the total stride
+      build_trainer(cfg, task)                   # loggers, callbacks, EMA, atomic checkpoints
+      trainer.fit(task, dm, ckpt_path)
+      best checkpoint -> task weights            # the ModelCheckpoint's best (or last)
+      score(trainer, task, dm, eval_split, run)  # scoring.py
+        trainer.test -> task.evaluator -> EvaluationRecord
+        build_results(record, RunFacts) -> results.json, per_image.npz, the printed table
+
+``evaluate(cfg)`` takes the same path from ``evaluation_config`` (the checkpoint's run config
+with the evaluation's choices checked, :mod:`segbench.checkpoints.store`) and
+``evaluation_task`` to ``score``; ``format_only=true`` goes to :mod:`segbench.engine.submit`.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from segbench.metrics.confusion import (
     metrics_from_counts,
 )
 from segbench.metrics.evaluator import (
+    SUMMARY_KEYS,
     EvalBatch,
     EvaluationRecord,
     Evaluator,
@@ -33,6 +34,7 @@ __all__ = [
     "Evaluator",
     "Figure",
     "FigureResult",
+    "SUMMARY_KEYS",
     "Totals",
     "class_map",
     "metrics_from_confusion",
