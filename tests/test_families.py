@@ -8,7 +8,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from segbench.engine import checkpoint
+from segbench.checkpoints import store as checkpoint
 from tests.conftest import CONF, run_cli
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
