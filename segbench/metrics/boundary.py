@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -69,8 +69,8 @@ class BoundaryOptions:
             if not (isinstance(value, (int, float)) and 0 < value < 1):
                 raise ValueError(
                     f"boundary.{key} must be a fraction of the image diagonal in (0, 1), "
-                    f"got {value!r} (the published values: bf_tolerance=0.0075, "
-                    "iou_dilation=0.02)"
+                    f"got {value!r} (the published values: "
+                    f"{', '.join(f'{f.name}={f.default}' for f in fields(self)[1:])})"
                 )
 
     @classmethod
