@@ -11,6 +11,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from segbench.checkpoints.errors import CheckpointError, CheckpointNotFoundError
+from segbench.checkpoints.trust import check_targets
 from segbench.data.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
 from segbench.models.weights import describe_file, describe_object, unreadable_save
 
@@ -25,14 +27,6 @@ __all__ = [
     "trained_config",
     "upgrade_config",
 ]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used for the requested run."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """No checkpoint file at the path given: nothing there, or a directory."""
 
 
 # what ``ckpt=`` should name, said by every message about a file that is not one
@@ -133,6 +127,14 @@ def load_checkpoint(path: str | Path) -> dict:
 MOVED_TARGETS = {
     "segbench.models.vgg.VGGEncoder": "segbench.models.encoders.VGGEncoder",
     "segbench.crf.DenseCRF": "segbench.inference.crf.DenseCRF",
+    # callbacks and loggers: stored with a run, never built from a checkpoint, but named in it
+    "segbench.callbacks.EvaluationOutputs": "segbench.engine.callbacks.EvaluationOutputs",
+    "segbench.callbacks.WandbMedia": "segbench.engine.callbacks.WandbMedia",
+    "segbench.callbacks.RunPlots": "segbench.engine.run_plots.RunPlots",
+    "segbench.engine.callbacks.RunPlots": "segbench.engine.run_plots.RunPlots",
+    "segbench.loggers.wandb_logger": "segbench.engine.loggers.wandb_logger",
+    "pytorch_lightning.loggers.CSVLogger": "segbench.engine.loggers.CSVLogger",
+    "segbench.sweep.LeaderboardCallback": "segbench.leaderboard.sweep.LeaderboardCallback",
 }
 # training settings that sat among a model config's keys before the task group held them
 LEGACY_TASK_KEYS = ("adversarial_weight", "d_steps", "discriminator_optimizer")
@@ -200,9 +202,10 @@ def upgrade_config(config: dict) -> dict:
     return config
 
 
-def trained_config(ckpt: dict, ckpt_path: str) -> DictConfig:
+def trained_config(ckpt: dict, ckpt_path: str, allow_targets=()) -> DictConfig:
     """The run config a segbench checkpoint was trained with (an earlier segbench's upgraded,
-    :func:`upgrade_config`)."""
+    :func:`upgrade_config`), every ``_target_`` in it checked before anything is built
+    (:mod:`segbench.checkpoints.trust`; ``allow_targets``: the ones the user trusts besides)."""
     meta = ckpt.get("segbench")
     if not isinstance(meta, dict) or "config" not in meta:
         lightning = ckpt.get("pytorch-lightning_version")
@@ -216,7 +219,18 @@ def trained_config(ckpt: dict, ckpt_path: str) -> DictConfig:
             f"'state_dict' but no run config), so the model it holds is unknown; "
             f"{EXPECTED_CHECKPOINT}"
         )
-    return OmegaConf.create(upgrade_config(meta["config"]))
+    if not isinstance(meta["config"], dict):
+        raise CheckpointError(
+            f"checkpoint {ckpt_path!r}: its run config is {describe_object(meta['config'])}, "
+            f"not a mapping; {EXPECTED_CHECKPOINT}"
+        )
+    try:
+        config = OmegaConf.create(upgrade_config(meta["config"]))
+        resolved = OmegaConf.to_container(config, resolve=True)
+    except Exception as err:  # a config OmegaConf cannot read or resolve
+        raise CheckpointError(f"checkpoint {ckpt_path!r}: unreadable run config ({err})") from err
+    check_targets(resolved, f"checkpoint {ckpt_path!r}", allow_targets, MOVED_TARGETS)
+    return OmegaConf.create(resolved)
 
 
 def _named_on_command_line() -> set[str]:
@@ -337,7 +351,8 @@ def evaluation_config(cfg: DictConfig) -> tuple[DictConfig, dict]:
     """The run config of evaluating checkpoint ``cfg.ckpt`` as ``cfg`` asks, and its weights."""
     ckpt_path = str(cfg.ckpt)
     ckpt = load_checkpoint(ckpt_path)
-    return merge_eval_config(cfg, trained_config(ckpt, ckpt_path), ckpt_path), ckpt["state_dict"]
+    trained = trained_config(ckpt, ckpt_path, list(cfg.get("allow_targets") or []))
+    return merge_eval_config(cfg, trained, ckpt_path), ckpt["state_dict"]
 
 
 def load_weights(module: torch.nn.Module, state_dict: dict, ckpt_path: str, model: str) -> None:

@@ -11,7 +11,7 @@ __all__ = ["VerbArgs", "parse_key_values"]
 
 # evaluate.yaml's groups and keys that a deploy verb may pass on to the Predictor
 EVALUATE_KEYS = ("inference", "fast", "model", "trainer", "dataset", "boundary", "seed")
-EVALUATE_KEYS += ("data_root",)
+EVALUATE_KEYS += ("data_root", "allow_targets")
 
 
 class VerbArgs(argparse.Namespace):
