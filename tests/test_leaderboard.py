@@ -542,3 +542,52 @@ def test_a_real_training_run_makes_a_table(trained_run, tmp_path):
     for name, value in saved["metrics"]["per_class_iou"].items():
         got = row[f"iou_{name}_mean"]
         assert (got == "") if value is None else float(got) == pytest.approx(100 * value)
+
+
+HOSTILE = {
+    '=HYPERLINK("http://x","y")': "a spreadsheet formula",
+    "evil\n| injected | row |": "a line break that would end the Markdown row",
+    "<script>alert(1)</script>": "HTML",
+    "a*b*_c_[x](y)`z`": "Markdown emphasis, a link and code",
+    "-2+3": "a formula starting with -",
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE), ids=list(HOSTILE.values()))
+def test_a_hostile_model_name_is_escaped_in_every_format(name, tmp_path):
+    runs = tmp_path / "runs"
+    for i, (model, iou) in enumerate([(name, [0.9, 0.5, 0.2]), ("fcn8s", [0.8, 0.4, 0.3])]):
+        rec = make_record(
+            runs / f"r{i}", model=model, backbone="r18", dataset="pets", classes=PETS, iou=iou
+        )
+        write(runs / f"r{i}", rec)
+    out = tmp_path / "lb"
+    assert main([str(runs), "--out", str(out), "--format", "md,csv,tex,html"]) == 0
+    csv_rows = list(csv.reader(io.StringIO(next(out.glob("*.csv")).read_text())))
+    assert len(csv_rows) == 3  # header + two runs: nothing split a row
+    for row in csv_rows:
+        for field in row:  # no text field a spreadsheet would evaluate
+            assert not field.startswith(("=", "+", "-", "@", "\t", "\r")) or _number(field)
+    if name.startswith(("=", "-")):  # kept, behind the quote that makes it text
+        assert [name] == [f[1:] for row in csv_rows for f in row if f == f"'{name}"]
+    md = next(out.glob("*.md")).read_text().splitlines()
+    table = [line for line in md if line.startswith("|")]
+    assert len(table) == 4  # header, separator, two rows
+    assert all(line.endswith(" |") for line in table[:1] + table[2:])
+    assert all("<script>" not in line for line in md)
+    hostile_row = next(line for line in table[2:] if "fcn8s /" not in line)
+    if "*" in name:
+        assert "a\\*b\\*" in hostile_row and "\\[x\\]" in hostile_row and "\\`z\\`" in hostile_row
+    tex = next(out.glob("*.tex")).read_text()
+    assert "<script>" not in next(out.glob("*.html")).read_text()
+    assert "\n\n" not in tex.split("\\begin{tabular}")[1]  # no blank line inside the table
+    if "_" in name:
+        assert "\\_c\\_" in tex
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

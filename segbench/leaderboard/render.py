@@ -33,6 +33,7 @@ __all__ = [
     "RENDERERS",
     "best_rows",
     "cell_text",
+    "csv_safe",
     "notes",
     "scaled",
     "significance_notes",
@@ -42,6 +43,7 @@ __all__ = [
     "to_html",
     "to_latex",
     "to_markdown",
+    "md_escape",
 ]
 
 FORMATS = ("md", "csv", "tex", "html")  # the file formats, by extension (RENDERERS' keys)
@@ -148,20 +150,46 @@ def _cells(board: Leaderboard) -> list[list[tuple[str, bool]]]:
 # ---------------------------------------------------------------------------------- Markdown
 
 
+def _one_line(text: str) -> str:
+    """``text`` on one line: a line break inside a table row or a title would end it."""
+    return " ".join(str(text).splitlines())
+
+
+# what Markdown (GitHub's) would read as markup in a cell: emphasis, code, links, HTML, pipes
+_MD_SPECIAL = re.compile(r"([\\`*\[\]|~])")
+
+
+def md_escape(text: str) -> str:
+    """``text`` as literal Markdown table-cell text: one line, markup characters
+    backslash-escaped, ``<``, ``>`` and ``&`` as HTML entities (GitHub renders raw HTML)."""
+    text = _one_line(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
 def to_markdown(board: Leaderboard) -> str:
-    """A GitHub Markdown table under a ``###`` title, the notes below it.
+    """A GitHub Markdown table under a ``###`` title, the notes below it. Every text from the
+    runs (method names, class names, eval modes ...) is escaped (:func:`md_escape`), so a name
+    cannot add markup, break a row or inject HTML.
 
     Args:
         board: the table.
     """
 
     def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+        return "| " + " | ".join(cells) + " |"
 
-    lines = [f"### {board.title}", "", line([c.header for c in board.columns])]
+    lines = [
+        f"### {md_escape(board.title)}",
+        "",
+        line([md_escape(c.header) for c in board.columns]),
+    ]
     lines.append("|" + "|".join("---" if c.kind == "text" else "---:" for c in board.columns) + "|")
-    lines += [line([f"**{t}**" if best else t for t, best in row]) for row in _cells(board)]
-    return "\n".join([*lines, "", " ".join(notes(board))]) + "\n"
+    text = [c.kind == "text" for c in board.columns]  # the runs' words; the rest numbers
+    for row in _cells(board):
+        cells = [md_escape(t) if words else t for (t, _), words in zip(row, text)]
+        lines.append(line([f"**{c}**" if best else c for c, (_, best) in zip(cells, row)]))
+    caption = _one_line(" ".join(notes(board))).replace("<", "&lt;").replace(">", "&gt;")
+    return "\n".join([*lines, "", caption]) + "\n"
 
 
 # ---------------------------------------------------------------------------------- CSV
@@ -221,9 +249,22 @@ def to_csv(board: Leaderboard) -> str:
     names, data = table_rows(board)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(names)
-    writer.writerows([["" if v is None else v for v in values] for values in data])
+    writer.writerow([csv_safe(n) for n in names])
+    writer.writerows([["" if v is None else csv_safe(v) for v in values] for values in data])
     return buffer.getvalue()
+
+
+# a text cell a spreadsheet would run as a formula (OWASP's CSV-injection list)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """``value`` for a CSV field: numbers as they are; a text that a spreadsheet would take for
+    a formula (``=``, ``+``, ``-``, ``@``, tab or carriage return first) behind a ``'``, which
+    spreadsheets show as text."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 # ---------------------------------------------------------------------------------- LaTeX
@@ -242,12 +283,13 @@ _TEX_PATTERN = re.compile("|".join(map(re.escape, _TEX)))
 
 
 def tex_escape(text: str) -> str:
-    """``text`` with LaTeX's special characters escaped (``±`` as ``$\\pm$``, ``–`` as ``--``).
+    """``text`` with LaTeX's special characters escaped (``±`` as ``$\\pm$``, ``–`` as ``--``),
+    on one line (a blank line would end the table's paragraph).
 
     Args:
         text: plain text.
     """
-    return _TEX_PATTERN.sub(lambda m: _TEX[m.group()], text)
+    return _TEX_PATTERN.sub(lambda m: _TEX[m.group()], _one_line(text))
 
 
 def to_latex(board: Leaderboard) -> str:
