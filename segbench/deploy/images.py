@@ -14,7 +14,9 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 from segbench.plots import colorize, palette_image
 
 __all__ = [
+    "MAX_PIXELS",
     "ImageError",
+    "ImageTooLarge",
     "class_shares",
     "decode_image",
     "legend",
@@ -27,6 +29,35 @@ __all__ = [
 
 class ImageError(ValueError):
     """An input that is not a readable image; the message names it."""
+
+
+class ImageTooLarge(ImageError):
+    """An image with more pixels than the limit, refused from its header before decoding."""
+
+
+# the largest image decoded by default (40 megapixels: a 100-megapixel image is refused before
+# it is decoded; decoding takes some 25 bytes per pixel at its peak, and Pillow allows 178 MP)
+MAX_PIXELS = 40_000_000
+
+
+def _open(source, name: str, max_pixels: int | None) -> Image.Image:
+    """``Image.open`` of ``source``, refused as :class:`ImageTooLarge` when its header says it
+    has more than ``max_pixels`` pixels (nothing decoded yet)."""
+    try:
+        image = Image.open(source)
+    except Image.DecompressionBombError as err:  # Pillow's own ceiling, above ours
+        raise ImageTooLarge(
+            f"{name}: {err} (the limit here: max_pixels={max_pixels}); resize it"
+        ) from None
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        image.close()
+        raise ImageTooLarge(
+            f"{name}: {width}x{height} is {width * height / 1e6:.1f} megapixels, more than the "
+            f"limit of {max_pixels / 1e6:g} (max_pixels={max_pixels}); resize it, or raise "
+            "max_pixels if the machine has the memory"
+        )
+    return image
 
 
 def _as_rgb(image: Image.Image) -> np.ndarray:
@@ -44,31 +75,39 @@ def _as_rgb(image: Image.Image) -> np.ndarray:
     return np.array(image.convert("RGB"))
 
 
-def load_image(path: str | Path) -> np.ndarray:
+def load_image(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """The image file at ``path`` as ``uint8 (H, W, 3)`` RGB, upright.
 
     Raises:
-        ImageError: the file is missing or is not an image PIL can decode, naming it.
+        ImageError: the file is missing or is not an image PIL can decode, naming it
+            (:class:`ImageTooLarge`: more than ``max_pixels`` pixels, from its header).
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with _open(path, str(path), max_pixels) as im:
             return _as_rgb(im)
+    except ImageError:
+        raise
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{path}: not a readable image ({err})") from None
 
 
-def decode_image(data: bytes, name: str = "upload") -> np.ndarray:
+def decode_image(
+    data: bytes, name: str = "upload", max_pixels: int | None = MAX_PIXELS
+) -> np.ndarray:
     """Encoded image bytes (PNG, JPEG, ...) as ``uint8 (H, W, 3)`` RGB, upright.
 
     Raises:
-        ImageError: the bytes are not an image PIL can decode, naming ``name``.
+        ImageError: the bytes are not an image PIL can decode, naming ``name``
+            (:class:`ImageTooLarge`: more than ``max_pixels`` pixels, from its header).
     """
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with _open(io.BytesIO(data), name, max_pixels) as im:
             return _as_rgb(im)
+    except ImageError:
+        raise
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not a readable image (no image format recognised)") from None
     except (OSError, SyntaxError, ValueError) as err:

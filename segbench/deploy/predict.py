@@ -16,6 +16,8 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import os
+import re
 import shutil
 import sys
 import time
@@ -27,6 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from segbench.deploy.args import parse_key_values
+from segbench.deploy.images import MAX_PIXELS
 from segbench.deploy.predictor import ImageError, class_shares, load_image
 from segbench.plots import colorize, heatmap, save_palette_png
 
@@ -43,28 +46,88 @@ OWN = {
     "frames": (False, "videos: also one mask and overlay PNG per frame"),
     "overwrite": (False, "write into an out= that already holds predictions"),
     "device": ("", "cpu, cuda, ... (default: a GPU when there is one)"),
+    "max_pixels": (MAX_PIXELS, "larger images are skipped, named, before they are decoded"),
 }
 
 
+def _part_regex(part: str) -> str:
+    """One path component of a glob as a regular expression (``*`` and ``?`` within the
+    component, ``[...]`` a character class)."""
+    out, i = [], 0
+    while i < len(part):
+        c = part[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and part.find("]", i + 2 + (part[i + 1 : i + 2] == "!")) != -1:
+            start = i + 1 + (part[i + 1 : i + 2] == "!")  # a ']' first is a member
+            end = part.find("]", start + 1)
+            negate = "^" if start > i + 1 else ""
+            out.append(f"[{negate}{part[start:end].replace(chr(92), chr(92) * 2)}]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def _walk_glob(spec: str) -> list[Path]:
+    """The files a ``**`` glob matches, found by walking without following directory links (a
+    link to a parent folder would otherwise be walked forever, or each file found again under
+    every path through it); hidden files and folders are left out, as ``glob`` does."""
+    parts = Path(spec).parts
+    first = next(i for i, p in enumerate(parts) if any(c in p for c in "*?["))
+    root = Path(*parts[:first]) if first else Path(".")
+    regex = ""
+    for part in parts[first:]:
+        regex += "(?:[^/]+/)*" if part == "**" else _part_regex(part) + "/"
+    pattern = re.compile(regex[:-1] if regex.endswith("/") else regex + "[^/]+")
+    found = []
+    for directory, folders, files in os.walk(root, followlinks=False):
+        folders[:] = sorted(f for f in folders if not f.startswith("."))
+        for name in sorted(files):
+            path = Path(directory, name)
+            if not name.startswith(".") and pattern.fullmatch(path.relative_to(root).as_posix()):
+                found.append(path)
+    return sorted(found)
+
+
+def _once(paths: list[Path]) -> list[Path]:
+    """``paths`` with each file once, by its real path (links to one file, or one file reached
+    through a linked folder), first occurrence kept."""
+    seen, out = set(), []
+    for path in paths:
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            out.append(path)
+    return out
+
+
 def find_inputs(spec: str) -> list[Path]:
-    """The files ``spec`` names: a file, the images of a folder (sorted), or a glob's matches.
+    """The files ``spec`` names: a file, the images of a folder (sorted), or a glob's matches
+    (``**`` recursive, never through a linked folder), each file once.
 
     Raises:
         SystemExit: nothing matches, naming ``spec``.
     """
     path = Path(spec)
     if any(c in spec for c in "*?["):
-        found = [Path(p) for p in sorted(glob.glob(spec, recursive=True)) if Path(p).is_file()]
+        if "**" in spec:
+            found = _walk_glob(spec)
+        else:
+            found = [Path(p) for p in sorted(glob.glob(spec)) if Path(p).is_file()]
         if not found:
             raise SystemExit(f"error: input={spec}: the glob matches no file")
-        return found
+        return _once(found)
     if path.is_dir():
         found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
             raise SystemExit(
                 f"error: input={spec}: the folder holds no image ({', '.join(IMAGE_SUFFIXES)})"
             )
-        return found
+        return _once(found)
     if not path.is_file():
         raise SystemExit(f"error: input={spec}: no such file or folder")
     return [path]
@@ -122,50 +185,57 @@ def _write_image(predictor, folder: Path, stem: str, image: np.ndarray, pred) ->
     return {k: str(v) for k, v in files.items()}
 
 
-def _predict_images(predictor, items, folder, batch_size, bar) -> tuple[list[dict], list[dict]]:
+def _predict_images(
+    predictor, items, folder, batch_size, bar, max_pixels=MAX_PIXELS
+) -> tuple[list[dict], list[dict]]:
+    """Predict ``items`` as they are read: images of one size wait for a full batch (one
+    forward pass per size), so at most a batch of each size is held in memory."""
     done, failed = [], []
-    loaded = []
-    for source, stem in items:
+    pending: dict[tuple[int, int], list] = defaultdict(list)
+
+    def run(chunk: list) -> None:
         try:
-            loaded.append((source, stem, load_image(source)))
-        except ImageError as err:
-            failed.append({"input": str(source), "error": str(err)})
-            bar.update(1)
-    groups = defaultdict(list)  # one forward pass per size
-    for entry in loaded:
-        groups[entry[2].shape[:2]].append(entry)
-    for entries in groups.values():
-        for start in range(0, len(entries), batch_size):
-            chunk = entries[start : start + batch_size]
-            try:
-                preds = predictor.predict_batch([e[2] for e in chunk])
-            except (RuntimeError, ValueError) as err:  # e.g. smaller than the model's stride
-                h, w = chunk[0][2].shape[:2]
-                first = (str(err).splitlines() or [type(err).__name__])[0][:200]
-                for source, _, _ in chunk:
-                    failed.append(
-                        {
-                            "input": str(source),
-                            "error": f"{source}: the model cannot predict a {h}x{w} image "
-                            f"({first})",
-                        }
-                    )
-                    bar.update(1)
-                continue
-            for (source, stem, image), pred in zip(chunk, preds):
-                done.append(
+            preds = predictor.predict_batch([e[2] for e in chunk])
+        except (RuntimeError, ValueError) as err:  # e.g. smaller than the model's stride
+            h, w = chunk[0][2].shape[:2]
+            first = (str(err).splitlines() or [type(err).__name__])[0][:200]
+            for source, _, _ in chunk:
+                failed.append(
                     {
                         "input": str(source),
-                        "stem": stem,
-                        "kind": "image",
-                        "height": int(image.shape[0]),
-                        "width": int(image.shape[1]),
-                        "seconds": pred.seconds,
-                        "shares": class_shares(pred.classes, predictor.class_names),
-                        "files": _write_image(predictor, folder, stem, image, pred),
+                        "error": f"{source}: the model cannot predict a {h}x{w} image ({first})",
                     }
                 )
                 bar.update(1)
+            return
+        for (source, stem, image), pred in zip(chunk, preds):
+            done.append(
+                {
+                    "input": str(source),
+                    "stem": stem,
+                    "kind": "image",
+                    "height": int(image.shape[0]),
+                    "width": int(image.shape[1]),
+                    "seconds": pred.seconds,
+                    "shares": class_shares(pred.classes, predictor.class_names),
+                    "files": _write_image(predictor, folder, stem, image, pred),
+                }
+            )
+            bar.update(1)
+
+    for source, stem in items:
+        try:
+            image = load_image(source, max_pixels)
+        except ImageError as err:  # named, and the others go on
+            failed.append({"input": str(source), "error": str(err)})
+            bar.update(1)
+            continue
+        group = pending[image.shape[:2]]
+        group.append((source, stem, image))
+        if len(group) == batch_size:
+            run(pending.pop(image.shape[:2]))
+    for group in pending.values():
+        run(group)
     order = {str(s): i for i, (s, _) in enumerate(items)}
     done.sort(key=lambda d: order[d["input"]])
     return done, failed
@@ -255,6 +325,8 @@ def predict(args) -> dict:
     """Run ``segbench predict`` for parsed ``args``; returns the ``predictions.json`` record."""
     if args.batch_size < 1:
         raise SystemExit(f"error: batch_size={args.batch_size}: expected an integer >= 1")
+    if args.max_pixels < 1:
+        raise SystemExit(f"error: max_pixels={args.max_pixels}: expected an integer >= 1")
     paths = find_inputs(args.input)
     folder = _output_dir(args.out, args.overwrite)
     predictor = load_predictor(args.ckpt, args.overrides, args.device)
@@ -265,7 +337,9 @@ def predict(args) -> dict:
     videos = [(p, s) for p, s in items if p.suffix.lower() in VIDEO_SUFFIXES]
     start = time.perf_counter()
     with tqdm(total=len(images), desc="predicting", unit="image", disable=not images) as bar:
-        done, failed = _predict_images(predictor, images, folder, args.batch_size, bar)
+        done, failed = _predict_images(
+            predictor, images, folder, args.batch_size, bar, args.max_pixels
+        )
     for source, stem in videos:
         try:
             done.append(

@@ -11,14 +11,18 @@ and a JSON API around a checkpoint (FastAPI + uvicorn).
 
 The model is loaded once. Predictions are serialised by a lock: on a 2-core CPU one forward pass
 already uses both cores (PyTorch's intra-op threads), so two at once only share them, and each
-request computes and returns its own image's result. An upload larger than ``max_upload_mb`` is
-refused with 413 (from its declared length before the body is read, else as it is read), a
-content type that is not an image with 415, bytes that do not decode as an image with 400.
+request computes and returns its own image's result. Decoding, predicting and encoding run in a
+worker thread, off the event loop, so ``/health`` answers while a prediction runs. An upload
+larger than ``max_upload_mb`` is refused with 413 (from its declared length before the body is
+read, else as soon as the bytes read pass the limit, declared or not), an image of more than
+``max_pixels`` pixels with 413 (from its header, before it is decoded), a content type that is
+not an image with 415, bytes that do not decode as an image with 400.
 """
 
 from __future__ import annotations
 
 import base64
+import math
 import sys
 import threading
 import time
@@ -30,7 +34,9 @@ from fastapi.responses import HTMLResponse
 
 from segbench.deploy.args import parse_key_values
 from segbench.deploy.images import (
+    MAX_PIXELS,
     ImageError,
+    ImageTooLarge,
     class_shares,
     decode_image,
     palette_png_bytes,
@@ -45,6 +51,7 @@ OWN = {
     "host": ("127.0.0.1", "address to listen on (0.0.0.0: every interface)"),
     "port": (8000, "port to listen on"),
     "max_upload_mb": (10.0, "largest accepted upload, in MB"),
+    "max_pixels": (MAX_PIXELS, "largest accepted image, in pixels (checked before decoding)"),
     "device": ("", "cpu, cuda, ... (default: a GPU when there is one)"),
 }
 MULTIPART_SLACK = 64 * 1024  # headers and boundaries around the file in a multipart body
@@ -54,16 +61,56 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def create_app(predictor, max_upload_mb: float = 10.0):
+class _TooLarge(Exception):
+    """The body read so far passed the upload limit."""
+
+
+def check_options(max_upload_mb, max_pixels, port, host) -> None:
+    """Refuse serve options that cannot work, by key, before the model is loaded.
+
+    Raises:
+        SystemExit: the message names the key, the value and what is expected.
+    """
+    if not (isinstance(max_upload_mb, (int, float)) and math.isfinite(max_upload_mb)):
+        raise SystemExit(f"error: max_upload_mb={max_upload_mb}: expected a size in MB, e.g. 10")
+    if max_upload_mb <= 0:
+        raise SystemExit(f"error: max_upload_mb={max_upload_mb}: expected a size > 0, e.g. 10")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise SystemExit(f"error: max_pixels={max_pixels}: expected a whole number of pixels >= 1")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise SystemExit(f"error: port={port}: expected a port number from 0 to 65535, e.g. 8000")
+    if not str(host).strip():
+        raise SystemExit("error: host is empty: expected an address, e.g. host=127.0.0.1")
+
+
+def create_app(predictor, max_upload_mb: float = 10.0, max_pixels: int = MAX_PIXELS):
     """The FastAPI application around ``predictor`` (a :class:`Predictor`, loaded once)."""
+    check_options(max_upload_mb, max_pixels, 0, "-")
     limit = int(max_upload_mb * 1024 * 1024)
     lock = threading.Lock()
     info = predictor.info()
     app = FastAPI(title="segbench", version="1")
 
-    def _predict(image):
+    def _answer(data: bytes, filename: str) -> dict:
+        """Decode, predict and encode one upload (in a worker thread)."""
+        image = decode_image(data, filename, max_pixels)
         with lock:  # one forward pass at a time: it uses every core already
-            return predictor.predict(image)
+            pred = predictor.predict(image)
+        body = {
+            "filename": filename,
+            "width": int(image.shape[1]),
+            "height": int(image.shape[0]),
+            "classes_png": _b64(palette_png_bytes(pred.classes, predictor.palette)),
+            "overlay_png": _b64(png_bytes(predictor.overlay(image, pred))),
+            "shares": class_shares(pred.classes, predictor.class_names),
+            "palette": predictor.palette,
+            "seconds": pred.seconds,
+        }
+        if pred.uncertainty is not None:
+            from segbench.plots import heatmap
+
+            body["uncertainty_png"] = _b64(png_bytes(heatmap(pred.uncertainty)))
+        return body
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -89,7 +136,22 @@ def create_app(predictor, max_upload_mb: float = 10.0):
             raise HTTPException(
                 400, "expected a multipart/form-data body with the image in a field named 'file'"
             )
-        form = await request.form(max_files=1, max_fields=4)
+        read = 0
+
+        async def receive():  # the body as it arrives, refused once it passes the limit
+            nonlocal read
+            message = await request.receive()
+            read += len(message.get("body", b""))
+            if read > limit + MULTIPART_SLACK:
+                raise _TooLarge
+            return message
+
+        try:
+            form = await Request(request.scope, receive).form(max_files=1, max_fields=4)
+        except _TooLarge:
+            raise HTTPException(
+                413, f"upload of more than {read} bytes: the limit is {max_upload_mb:g} MB"
+            ) from None
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise HTTPException(400, "no file in the form: send the image in a field named 'file'")
@@ -104,24 +166,11 @@ def create_app(predictor, max_upload_mb: float = 10.0):
                 413, f"{upload.filename}: larger than the limit of {max_upload_mb:g} MB"
             )
         try:
-            image = decode_image(data, upload.filename or "upload")
+            body = await run_in_threadpool(_answer, data, upload.filename or "upload")
+        except ImageTooLarge as err:
+            raise HTTPException(413, str(err)) from None
         except ImageError as err:
             raise HTTPException(400, str(err)) from None
-        pred = await run_in_threadpool(_predict, image)
-        body = {
-            "filename": upload.filename,
-            "width": int(image.shape[1]),
-            "height": int(image.shape[0]),
-            "classes_png": _b64(palette_png_bytes(pred.classes, predictor.palette)),
-            "overlay_png": _b64(png_bytes(predictor.overlay(image, pred))),
-            "shares": class_shares(pred.classes, predictor.class_names),
-            "palette": predictor.palette,
-            "seconds": pred.seconds,
-        }
-        if pred.uncertainty is not None:
-            from segbench.plots import heatmap
-
-            body["uncertainty_png"] = _b64(png_bytes(heatmap(pred.uncertainty)))
         body["total_seconds"] = time.perf_counter() - start
         return body
 
@@ -131,8 +180,7 @@ def create_app(predictor, max_upload_mb: float = 10.0):
 def main(argv: list[str] | None = None) -> int:
     """``segbench serve``: runs until interrupted."""
     args = parse_key_values("serve", "Serve a checkpoint as a web page and a JSON API.", OWN, argv)
-    if args.max_upload_mb <= 0:
-        raise SystemExit(f"error: max_upload_mb={args.max_upload_mb}: expected a size > 0")
+    check_options(args.max_upload_mb, args.max_pixels, args.port, args.host)
     import uvicorn
 
     from segbench.checkpoints import CheckpointError
@@ -143,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    app = create_app(predictor, args.max_upload_mb)
+    app = create_app(predictor, args.max_upload_mb, args.max_pixels)
     print(
         f"segbench serve: {predictor.info()['model']} on http://{args.host}:{args.port}/",
         flush=True,

@@ -17,9 +17,9 @@ from segbench.inference.flops import count_flops
 from segbench.metrics.per_image import PER_IMAGE_FILE, image_id, summarize, write_per_image
 from segbench.models.base import count_parameters, segmenter_of
 from segbench.results import RunFacts, build_results, format_table, write_results
-from segbench.significance import bootstrap
+from segbench.significance import bootstrap, check_bootstrap_options
 
-__all__ = ["RunInfo", "score", "start_run"]
+__all__ = ["RunInfo", "check_trainer", "score", "start_run"]
 
 
 @dataclass(frozen=True)
@@ -36,20 +36,39 @@ class RunInfo:
     bootstrap: dict = field(default_factory=dict)  # resamples, level, seed of the intervals
 
 
+def check_trainer(trainer) -> None:
+    """Refuse a trainer that would train nothing (``trainer.max_epochs=0``,
+    ``trainer.max_steps=0``): the run would write results for an untrained network."""
+    if trainer is None:
+        return
+    for key in ("max_epochs", "max_steps"):
+        value = trainer.get(key)
+        if value == 0:
+            raise ValueError(
+                f"trainer.{key}=0: nothing would be trained, and the results of the untrained "
+                f"network would count as a finished run; set trainer.{key} to 1 or more (to "
+                "evaluate a checkpoint without training: python evaluate.py ckpt=PATH)"
+            )
+
+
 def start_run(cfg, kind: str) -> RunInfo:
     """Claim the run directory (refused when it holds a finished or running run, see
     :mod:`segbench.engine.rundir`), then seed everything; returns the run's record, started
     now."""
     start = time.time()
+    # the options of the final evaluation are checked before anything else is done
+    resampling = check_bootstrap_options(
+        OmegaConf.to_container(cfg.bootstrap) if cfg.get("bootstrap") else {}
+    )
+    check_trainer(cfg.get("trainer"))
     claim(cfg.output_dir, kind, cfg.get("resume") if kind == "train" else None)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    bootstrap = OmegaConf.to_container(cfg.bootstrap) if cfg.get("bootstrap") else {}
     return RunInfo(
         kind=kind,
         output_dir=str(cfg.output_dir),
         seed=int(cfg.seed),
         start=start,
-        bootstrap=bootstrap,
+        bootstrap=resampling,
     )
 
 

@@ -47,7 +47,14 @@ the two pools contend for the cores and slows the loop several-fold on small mac
 """
 
 from segbench.significance._resampling import SCALAR_METRICS
-from segbench.significance.intervals import bootstrap, spread
+from segbench.significance.intervals import bootstrap, check_bootstrap_options, spread
 from segbench.significance.paired import holm, paired_comparison
 
-__all__ = ["SCALAR_METRICS", "bootstrap", "holm", "paired_comparison", "spread"]
+__all__ = [
+    "SCALAR_METRICS",
+    "bootstrap",
+    "check_bootstrap_options",
+    "holm",
+    "paired_comparison",
+    "spread",
+]

@@ -21,6 +21,47 @@ from segbench.significance._resampling import (
     _summary,
 )
 
+BOOTSTRAP_KEYS = ("resamples", "level", "seed")
+
+
+def check_bootstrap_options(options: Any, where: str = "bootstrap") -> dict[str, Any]:
+    """The ``bootstrap.*`` keys of a run config as :func:`bootstrap`'s keywords, checked (a run
+    checks them before it trains, so a bad value cannot cost a training's results).
+
+    Raises:
+        ValueError: an unknown key, or a value of the wrong kind, named as ``bootstrap.<key>``
+            with what it must be.
+    """
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(BOOTSTRAP_KEYS))
+    if unknown:
+        raise ValueError(
+            f"{where}.{unknown[0]}: unknown key; the keys are "
+            + ", ".join(f"{where}.{k}" for k in BOOTSTRAP_KEYS)
+        )
+
+    def whole(key: str, low: int) -> None:
+        value = options.get(key)
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(
+                f"{where}.{key}={value!r}: expected a whole number >= {low}"
+                + (" (1000 is the usual count of resamples)" if key == "resamples" else "")
+            )
+
+    whole("resamples", 1)
+    whole("seed", 0)
+    level = options.get("level")
+    if level is not None and (
+        isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0
+    ):
+        raise ValueError(
+            f"{where}.level={level!r}: expected a confidence level strictly between 0 and 1, "
+            "e.g. 0.95"
+        )
+    return options
+
 
 def bootstrap(
     runs: Any, *, resamples: int = 1000, seed: int = 0, level: float = 0.95
