@@ -197,3 +197,33 @@ def test_cityscapes_adds_its_figures_and_old_checkpoints_get_them_too():
     assert upgraded["cityscapes"]["_target_"] == "segbench.metrics.cityscapes.CityscapesFigures"
     other = {"dataset": {"name": "camvid", "class_names": ["sky", "road"]}}
     assert "figures" not in upgrade_config(other)["dataset"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("bootstrap.resamples=0", r"bootstrap.resamples=0: expected a whole number >= 1"),
+        ("bootstrap.level=1.5", r"bootstrap.level=1.5: expected a confidence level"),
+        ("+bootstrap.samples=10", r"bootstrap.samples: unknown key"),
+        ("trainer.max_epochs=0", r"trainer.max_epochs=0: nothing would be trained"),
+        ("trainer.max_steps=0", r"trainer.max_steps=0: nothing would be trained"),
+    ],
+)
+def test_evaluation_and_trainer_options_are_refused_before_anything_runs(
+    override, message, tmp_path
+):
+    from segbench.engine.run import train
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        train(compose_config("train", [*LEAN, "logger=none", override], run_dir))
+    assert not run_dir.exists() or not any(run_dir.iterdir())  # nothing written, nothing run
+
+
+def test_evaluate_checks_the_bootstrap_options_too(trained_run, tmp_path):
+    from segbench.engine.run import evaluate
+
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    cfg = compose_config("evaluate", [f"ckpt={ckpt}", "bootstrap.level=0"], tmp_path / "ev")
+    with pytest.raises(ValueError, match=r"bootstrap.level=0"):
+        evaluate(cfg)
