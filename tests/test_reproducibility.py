@@ -290,3 +290,26 @@ def test_image_smaller_than_the_total_stride_is_refused_before_training(tmp_path
     with pytest.raises(ValueError, match=r"smaller than its total stride 32.*at least 32"):
         train(cfg)
     assert not (out / "checkpoints").exists()
+
+
+def test_last_ckpt_is_written_after_every_epoch_also_without_improvement(tmp_path):
+    """Lightning writes last.ckpt only with a new best.ckpt; segbench's ModelCheckpoint writes it
+    after every validation. A run whose validation mIoU falls after epoch 0 (lr 0.5 on
+    debug=fast) keeps epoch 0 as best and the last epoch as last; resuming from it trains no
+    further epoch."""
+    import torch
+
+    run_dir = tmp_path / "run"
+    overrides = [
+        "debug=fast", "trainer.max_epochs=3", "optimizer.lr=0.5", "logger=csv",
+        "trainer.enable_progress_bar=false", "callbacks.run_plots=null",
+        "callbacks.eval_outputs=null",
+    ]  # fmt: skip
+    train(compose_config("train", overrides, run_dir))
+    rows = list(csv.DictReader(open(next(run_dir.rglob("metrics.csv")))))
+    val = [float(r["val/mIoU"]) for r in rows if r.get("val/mIoU")]
+    assert len(val) == 3 and max(val) == val[0] > val[-1]  # no improvement after epoch 0
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert best["epoch"] == 0 and last["epoch"] == 2
+    assert last["global_step"] == 3 * best["global_step"]

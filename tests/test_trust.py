@@ -69,7 +69,11 @@ def task_list(config, marker):  # in a list, in the task group
     config["task"]["extra"] = [{"_target_": "os.remove", "path": str(marker)}]
 
 
-PAYLOADS = [savetxt, open_file, write_text, import_module, args_nested, task_list]
+def new_group(config, marker):  # a group segbench does not have
+    config["extras"] = {"hook": {"_target_": "numpy.savetxt", "fname": str(marker), "X": [[1]]}}
+
+
+PAYLOADS = [savetxt, open_file, write_text, import_module, args_nested, task_list, new_group]
 
 
 @pytest.mark.parametrize("plant", PAYLOADS, ids=[p.__name__ for p in PAYLOADS])
@@ -162,3 +166,18 @@ def test_the_names_earlier_segbench_configs_used_are_known(clean_ckpt, tmp_path)
 
     path, _ = planted(clean_ckpt, tmp_path, plant)
     assert load_model(path).num_classes == 7
+
+
+def test_the_run_machinery_is_never_built_from_a_checkpoint(clean_ckpt, tmp_path):
+    """Callbacks, loggers and the trainer of the stored config (a user's own callback, say) are
+    dropped, not built: the checkpoint loads, and its run config no longer holds them."""
+    from segbench.checkpoints import load_model
+
+    def plant(config, marker):
+        config["callbacks"] = {"mine": {"_target_": "mylab.callbacks.Recorder"}}
+        config["logger"] = {"x": {"_target_": "numpy.savetxt", "fname": str(marker)}}
+
+    path, marker = planted(clean_ckpt, tmp_path, plant)
+    loaded = load_model(path)
+    assert "callbacks" not in loaded.run_cfg and "logger" not in loaded.run_cfg
+    assert not marker.exists()

@@ -135,12 +135,16 @@ MOVED_TARGETS = {
     "segbench.loggers.wandb_logger": "segbench.engine.loggers.wandb_logger",
     "pytorch_lightning.loggers.CSVLogger": "segbench.engine.loggers.CSVLogger",
     "segbench.sweep.LeaderboardCallback": "segbench.leaderboard.sweep.LeaderboardCallback",
+    "pytorch_lightning.callbacks.ModelCheckpoint": "segbench.engine.resume.ModelCheckpoint",
 }
 # training settings that sat among a model config's keys before the task group held them
 LEGACY_TASK_KEYS = ("adversarial_weight", "d_steps", "discriminator_optimizer")
 LEGACY_ADVERSARIAL_TASK = "segbench.engine.adversarial.AdversarialTask"
 # the task of every other model then (conf/task/segmentation.yaml)
 LEGACY_TASK = "segbench.engine.task.SegmentationTask"
+# the parts of a stored run config that loading a checkpoint never builds (evaluate.py, predict,
+# export and serve take their own); trained_config drops them
+NEVER_LOADED = ("callbacks", "logger", "trainer", "hydra")
 # the figures a run on Cityscapes' classes computed before datasets named their own
 # (conf/dataset/cityscapes.yaml's figures)
 LEGACY_CITYSCAPES_FIGURES = {
@@ -229,8 +233,11 @@ def trained_config(ckpt: dict, ckpt_path: str, allow_targets=()) -> DictConfig:
         resolved = OmegaConf.to_container(config, resolve=True)
     except Exception as err:  # a config OmegaConf cannot read or resolve
         raise CheckpointError(f"checkpoint {ckpt_path!r}: unreadable run config ({err})") from err
-    check_targets(resolved, f"checkpoint {ckpt_path!r}", allow_targets, MOVED_TARGETS)
-    return OmegaConf.create(resolved)
+    # the run's machinery (its callbacks, loggers, trainer) is never built from a checkpoint:
+    # dropped here, so that nothing later can; everything else is checked
+    loaded = {k: v for k, v in resolved.items() if k not in NEVER_LOADED}
+    check_targets(loaded, f"checkpoint {ckpt_path!r}", allow_targets, MOVED_TARGETS)
+    return OmegaConf.create(loaded)
 
 
 def _named_on_command_line() -> set[str]:

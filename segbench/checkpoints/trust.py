@@ -1,7 +1,8 @@
 """What a checkpoint's stored config may make segbench run.
 
 A checkpoint carries the run config it was trained with, and evaluating it instantiates that
-config's ``_target_`` entries (the model, its encoder, the dataset, the loss, the task ...).
+config's ``_target_`` entries (the model, its encoder, the dataset, the loss, the task ...);
+its callbacks, loggers and trainer are never built from it (the loading drops them).
 Checkpoints are shared between people, so a config is untrusted input: a ``_target_`` may name
 any importable callable (``numpy.savetxt``, ``builtins.open`` ...), which Hydra would call with
 the arguments beside it. Before anything is built, every ``_target_`` of a loaded config, at any

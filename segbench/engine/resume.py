@@ -38,6 +38,7 @@ from segbench.data.sampling import derive_seed
 __all__ = [
     "LAST",
     "AtomicCheckpointIO",
+    "ModelCheckpoint",
     "RunInterrupted",
     "RunState",
     "check_resume_config",
@@ -103,6 +104,31 @@ def resume_command(run_dir: str | Path, overrides: list[str] | None = None) -> s
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in pinned]
     args = [*kept, "resume=auto", f"hydra.run.dir={run_dir}"]
     return "python train.py " + " ".join(shlex.quote(a) for a in args)
+
+
+class ModelCheckpoint(pl.callbacks.ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` with ``last.ckpt`` written after every validation, as
+    segbench documents it. Lightning (since 2.5) writes ``last.ckpt`` only when ``best.ckpt`` is
+    written too, so after an epoch that did not improve, ``last.ckpt`` held an older epoch and a
+    resume repeated epochs. The class keeps Lightning's name, so its state in a checkpoint has the
+    same key and older runs resume."""
+
+    def _save_last_too(self, trainer: pl.Trainer, at_train_epoch_end: bool) -> None:
+        if (
+            self.save_last
+            and not self._should_skip_saving_checkpoint(trainer)
+            and self._should_save_on_train_epoch_end(trainer) == at_train_epoch_end
+            and self._last_global_step_saved != trainer.global_step
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_too(trainer, at_train_epoch_end=True)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._save_last_too(trainer, at_train_epoch_end=False)
 
 
 class RunInterrupted(Exception):
