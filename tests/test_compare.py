@@ -19,8 +19,9 @@ CLASSES = ["background", "road", "car"]
 
 
 def _counts(rng: np.random.Generator, n: int, quality: float) -> np.ndarray:
-    """Per-image counts of a predictor that gets about ``quality`` of each class right."""
-    gt = rng.integers(50, 400, (n, len(CLASSES)))
+    """Per-image counts of a predictor that gets about ``quality`` of each class right, on ``n``
+    images whose ground truth depends on ``n`` only (as real runs on the same images share it)."""
+    gt = np.random.default_rng(n).integers(50, 400, (n, len(CLASSES)))
     tp = np.floor(gt * np.clip(quality + rng.normal(0, 0.08, gt.shape), 0, 1)).astype(np.int64)
     pred = tp + rng.integers(0, 60, gt.shape)
     return np.stack([tp, gt, pred], axis=1)
@@ -242,3 +243,37 @@ def test_leaderboard_intervals_instead_of_std(tmp_path):
     assert "percentile bootstrap over images" in md
     header = to_csv(board).splitlines()[0].split(",")
     assert "mIoU_low" in header and "mIoU_high" in header
+
+
+def test_a_per_image_file_with_rows_moved_between_images_is_refused(tmp_path, capsys):
+    """Counts swapped between images keep every dataset figure (they are sums) but break the
+    pairing: the digest results.json records catches it, and without one (an older run), the
+    ground-truth pixels per class, which belong to the image whatever the model, do."""
+    from segbench.metrics.per_image import counts_digest
+
+    rng = np.random.default_rng(5)
+    a_counts, b_counts = _counts(rng, 30, 0.6), _counts(rng, 30, 0.7)
+    a = write_run(tmp_path / "a", a_counts)
+    ids = [f"val/{i:04d}.png" for i in range(30)]
+    record = json.loads((a / "results.json").read_text())
+    record["per_image"]["digest"] = counts_digest(ids, a_counts)
+    (a / "results.json").write_text(json.dumps(record))
+    shuffled = a_counts[np.random.default_rng(0).permutation(30)]
+    b = write_run(tmp_path / "b", b_counts, model="unet")
+    assert _compare(capsys, a, b)[0] == 0  # as written: compares
+    (a / PER_IMAGE_FILE).unlink()
+    write_per_image(a / PER_IMAGE_FILE, ids, shuffled, CLASSES, "toy", "val")
+    status, _, err = _compare(capsys, a, b)
+    assert status != 0 and "do not match the digest its results.json records" in err
+    del record["per_image"]["digest"]  # a run written before digests: the labels tell
+    (a / "results.json").write_text(json.dumps(record))
+    status, _, err = _compare(capsys, a, b)
+    assert status != 0 and "disagree on the ground truth of image 'val/0000.png'" in err
+
+
+def test_results_json_records_the_digest_of_its_per_image_file(trained_run):
+    from segbench.metrics.per_image import counts_digest, read_per_image
+
+    record = json.loads((trained_run / "results.json").read_text())
+    data = read_per_image(trained_run / PER_IMAGE_FILE)
+    assert record["per_image"]["digest"] == counts_digest(data.ids, data.counts)

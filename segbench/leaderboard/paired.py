@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from segbench.leaderboard.build import configuration_key
-from segbench.metrics.per_image import read_per_image
+from segbench.metrics.per_image import counts_digest, read_per_image
 
 __all__ = ["ComparisonError", "RunSet", "check_comparable", "load_runs", "per_image_path"]
 
@@ -149,6 +149,13 @@ def load_runs(records: Sequence[dict], label: str, *, same_configuration: bool =
             raise ComparisonError(
                 f"{path}: classes {data.classes} differ from its results.json's {record['classes']}"
             )
+        digest = (record.get("per_image") or {}).get("digest")
+        if digest is not None and counts_digest(data.ids, data.counts) != digest:
+            raise ComparisonError(
+                f"{path}: its ids and counts do not match the digest its results.json records "
+                "(rows reordered or moved between images after the run wrote them); the file "
+                f"no longer says which image each row is. {_rerun_hint(record)}"
+            )
         miou = float(data.figures()["mIoU"])
         recorded = record["metrics"]["mIoU"]
         if recorded is None or math.isnan(miou) or abs(miou - recorded) > 1e-9:
@@ -161,8 +168,25 @@ def load_runs(records: Sequence[dict], label: str, *, same_configuration: bool =
         elif data.ids != ids:
             where = _first_difference(ids, data.ids, str(first.get("_source")), str(source))
             raise ComparisonError(f"{label}: its runs were evaluated on different images: {where}")
+        if blocks:
+            _same_ground_truth(blocks[0], data.counts, ids, str(first.get("_source")), str(source))
         blocks.append(data.counts)
     return RunSet(label, list(records), list(ids or []), np.stack(blocks))
+
+
+def _same_ground_truth(a: np.ndarray, b: np.ndarray, ids: list[str], name_a: str, name_b: str):
+    """Refuse two runs' counts whose ground-truth pixels per class differ for an image: they
+    belong to the image, whatever the model, so rows moved between images (or other labels)
+    show there."""
+    differs = np.flatnonzero((a[:, 1, :] != b[:, 1, :]).any(axis=1))
+    if differs.size:
+        i = int(differs[0])
+        raise ComparisonError(
+            f"{name_a} and {name_b} disagree on the ground truth of image {ids[i]!r} (pixels per "
+            f"class {a[i, 1].tolist()} against {b[i, 1].tolist()}; {differs.size} images "
+            "differ): their rows are not the same images' (a per-image file reordered after "
+            "its run), or they were evaluated on different labels or at another resolution"
+        )
 
 
 def check_comparable(a: RunSet, b: RunSet) -> None:
@@ -193,3 +217,4 @@ def check_comparable(a: RunSet, b: RunSet) -> None:
             f"{a.label} and {b.label} were not evaluated on the same images: "
             f"{_first_difference(a.ids, b.ids, a.label, b.label)}"
         )
+    _same_ground_truth(a.counts[0], b.counts[0], a.ids, a.label, b.label)

@@ -25,6 +25,7 @@ writes them once, so 1 and N processes write identical files.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import zipfile
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ __all__ = [
     "PER_IMAGE_FILE",
     "PerImage",
     "PerImageRecorder",
+    "counts_digest",
     "image_counts",
     "image_id",
     "read_per_image",
@@ -277,6 +279,16 @@ def read_per_image(path: str | Path) -> PerImage:
     return PerImage(ids, counts, classes, dataset, split, path, extra)
 
 
+def counts_digest(ids: list[str], counts: np.ndarray) -> str:
+    """A digest of the ordered ids and their counts (``sha256:<hex>``), which ``results.json``
+    records: a per-image file whose rows were reordered, or swapped between images, no longer
+    matches it (the dataset figures would not show it: they are sums)."""
+    h = hashlib.sha256()
+    for image_id, row in zip(ids, np.asarray(counts, dtype=np.int64)):
+        h.update(str(image_id).encode("utf-8") + b"\0" + row.tobytes())
+    return f"sha256:{h.hexdigest()}"
+
+
 def _finite(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
@@ -292,6 +304,7 @@ def summarize(ids: list[str], counts: np.ndarray, worst: int = 5) -> dict:
     order = np.argsort(np.where(defined, miou, np.inf), kind="stable")[: min(worst, len(values))]
     return {
         "images": int(len(ids)),
+        "digest": counts_digest(ids, counts),
         "images_without_valid_pixels": int((~defined).sum()),
         "mean_mIoU": _finite(float(values.mean())) if len(values) else None,
         "median_mIoU": _finite(float(np.median(values))) if len(values) else None,
