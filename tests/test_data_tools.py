@@ -20,7 +20,7 @@ from segbench.data.errors import DataError
 from segbench.data.folder import FolderDataset
 from segbench.data.stats import class_statistics, weights_from
 from segbench.data.transforms import SegTransform, collate
-from tests.conftest import ROOT, compose_config, make_folder_dataset
+from tests.conftest import ROOT, compose_config, make_folder_dataset, run_cli
 from tests.fixtures.camvid import first, write_camvid
 
 FOLDER = ["dataset=folder", "dataset.num_classes=3", "dataset.class_names=[a,b,c]"]
@@ -316,3 +316,41 @@ def test_check_command_names_the_classic_mistakes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "label ids not converted to train ids" in out
     assert out.count("label ids not converted") == 2  # the planted file of train and of val
+
+
+def test_an_unwritable_cache_warns_once_and_the_run_goes_on(tmp_path, monkeypatch):
+    """HOME (or SEGBENCH_CACHE) that cannot be written: the scan and the statistics are computed
+    and the run goes on, after one warning that names SEGBENCH_CACHE."""
+    import warnings
+
+    from segbench.data import cache
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SEGBENCH_CACHE", str(blocker / "cache"))  # mkdir fails, even as root
+    monkeypatch.setattr(cache, "_warned", set())
+    root = make_folder_dataset(tmp_path / "data", n=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        FolderDataset(root, "train", num_classes=3).check_all()
+        FolderDataset(root, "val", num_classes=3).check_all()
+        stats = class_statistics(FolderDataset(root, "train", num_classes=3))
+    assert len(stats["pixels"]) == 3
+    messages = [str(w.message) for w in caught if issubclass(w.category, cache.CacheWarning)]
+    assert len(messages) == 1 and "SEGBENCH_CACHE" in messages[0]
+    assert str(blocker / "cache") in messages[0]
+
+
+def test_train_py_runs_with_an_unwritable_home(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    root = make_folder_dataset(tmp_path / "data", n=4)
+    env = {"HOME": str(blocker / "home"), "SEGBENCH_CACHE": ""}
+    proc = run_cli(
+        "train.py", "debug=fast", "dataset=folder", f"dataset.source.root={root}",
+        "dataset.num_classes=3", "dataset.class_names=[a,b,c]", "dataset.check_on_setup=true",
+        "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert (tmp_path / "run" / "results.json").is_file()
+    assert proc.stderr.count("cannot be written") == 1

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from segbench.data.cache import cache_dir
+from segbench.data.cache import cache_dir, recall, remember
 from segbench.data.errors import DataError, DataWarning
 from segbench.data.files import image_shape, read_image, read_label_png
 from segbench.data.labels import format_problems, label_values, sample_problems, validate_sample
@@ -29,6 +29,17 @@ __all__ = ["FilePairDataset", "SampleCheck", "SegmentationDataset"]
 # part of every remembered-scan key: a scan that passed before the checks grew is run again
 SCAN_VERSION = 2
 
+
+
+def _json(text: str | None) -> dict | None:
+    """A cache entry's JSON object, or ``None`` (none, or not one)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 class SampleCheck(NamedTuple):
     """What :meth:`SegmentationDataset.check` found in one sample."""
@@ -171,21 +182,21 @@ class SegmentationDataset(Dataset, ABC):
         with its warnings, which are emitted again when the remembered scan stands in for it."""
         key = self.scan_key()
         stamp = cache_dir() / "checked" / f"{key}.json" if key else None
-        if stamp is None or not stamp.is_file():
+        remembered = _json(recall(stamp))
+        if remembered is None:
             problems = self.scan(desc=desc)
             if problems:
                 raise DataError(format_problems(self.describe(), problems))
             if stamp is not None:
-                stamp.parent.mkdir(parents=True, exist_ok=True)
                 record = {
                     "dataset": self.describe(),
                     "samples": len(self),
                     "warnings": self.scan_warnings,
                 }
-                stamp.write_text(json.dumps(record))
+                remember(stamp, json.dumps(record))
         else:
             self.scan_warnings = []
-            for message in json.loads(stamp.read_text()).get("warnings", []):
+            for message in remembered.get("warnings", []):
                 self.warn(message)
                 self.scan_warnings.append(message)
         self.verified = True

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from segbench.data.base import SegmentationDataset
-from segbench.data.cache import cache_dir
+from segbench.data.cache import cache_dir, recall, remember
 
 __all__ = ["WEIGHTINGS", "class_statistics", "class_weights", "compute_statistics"]
 
@@ -79,13 +79,16 @@ def class_statistics(dataset: SegmentationDataset, desc: str = "class statistics
     dataset can say when its files change."""
     key = dataset.scan_key()
     path = cache_dir() / "stats" / f"{key}.json" if key else None
-    if path is not None and path.is_file():
-        return json.loads(path.read_text())
+    text = recall(path)
+    if text is not None:
+        try:
+            return json.loads(text)
+        except ValueError:  # a damaged entry: computed again
+            pass
     stats = compute_statistics(dataset, desc=desc)
     stats["weights"] = {m: weights_from(stats, m) for m in WEIGHTINGS}
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(stats, indent=1))
+        remember(path, json.dumps(stats, indent=1))
     return stats
 
 
