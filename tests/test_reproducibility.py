@@ -313,3 +313,35 @@ def test_last_ckpt_is_written_after_every_epoch_also_without_improvement(tmp_pat
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert best["epoch"] == 0 and last["epoch"] == 2
     assert last["global_step"] == 3 * best["global_step"]
+
+
+def test_a_full_disk_names_the_space_needed_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """torch.save failing as on a full disk: the temporary file is removed, the previous
+    checkpoint kept, and the error names the disk's free space, the size needed and the
+    command that resumes."""
+    import torch
+
+    from segbench.engine.resume import AtomicCheckpointIO, CheckpointWriteError
+
+    folder = tmp_path / "run" / "checkpoints"
+    io_ = AtomicCheckpointIO()
+    state = {"state_dict": {"w": torch.zeros(1000)}}
+    io_.save_checkpoint(state, folder / "last.ckpt")
+    before = (folder / "last.ckpt").read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"x" * 4096)  # part of the file, then the disk is full
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:671] . PytorchStreamWriter failed writing file"
+        )
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointWriteError) as err:
+        io_.save_checkpoint({"state_dict": {"w": torch.zeros(10**6)}}, folder / "last.ckpt")
+    monkeypatch.setattr(torch, "save", real_save)
+    message = str(err.value)
+    assert "could not write checkpoint" in message and "MB free" in message
+    assert "needs about 4.0 MB" in message and "resume=auto" in message
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]  # no .last.ckpt.tmp
+    assert (folder / "last.ckpt").read_bytes() == before

@@ -38,6 +38,7 @@ from segbench.data.sampling import derive_seed
 __all__ = [
     "LAST",
     "AtomicCheckpointIO",
+    "CheckpointWriteError",
     "ModelCheckpoint",
     "RunInterrupted",
     "RunState",
@@ -139,19 +140,75 @@ class RunInterrupted(Exception):
         self.signum = signum
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, most often); the message says where,
+    how much space is free and how much the checkpoint needs."""
+
+
+def _checkpoint_bytes(checkpoint: dict) -> int:
+    """About the bytes of ``checkpoint`` on disk: the sum of its tensors' storage."""
+    total = 0
+    stack = [checkpoint]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, torch.Tensor):
+            total += node.numel() * node.element_size()
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+    return total
+
+
+def _write_failure(path: Path, err: BaseException, written: int, needed: int) -> str:
+    """The message of a failed checkpoint save at ``path``."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    message = f"could not write checkpoint {path}: {first}."
+    if free is not None:
+        message += f" The disk holding {path.parent} has {free / 1e6:.1f} MB free"
+        message += f"; the checkpoint needs about {needed / 1e6:.1f} MB"
+        if written:
+            message += f" ({written / 1e6:.1f} MB were written before the save failed)"
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    message += (
+        ". The temporary file is removed and the previous checkpoint, if any, is unchanged. "
+        "Free that much space, then carry the run on from its last checkpoint: "
+        f"{resume_command(run_dir)}"
+    )
+    return message
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to ``<name>.tmp`` in the same directory, flushes it to disk and
-    renames it over ``<name>``: readers see the old file or the new one, never half of one."""
+    renames it over ``<name>``: readers see the old file or the new one, never half of one.
+
+
+    A save that fails (a full disk: torch reports ``enforce fail at inline_container.cc``)
+    removes its temporary file, so it does not keep the disk full, leaves the previous
+    checkpoint as it was, and stops the run with :class:`CheckpointWriteError`, which names the
+    disk, its free space and the size the checkpoint needs."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as err:
+            written = tmp.stat().st_size if tmp.exists() else 0
+            tmp.unlink(missing_ok=True)
+            needed = _checkpoint_bytes(checkpoint)
+            raise CheckpointWriteError(_write_failure(path, err, written, needed)) from err
 
 
 def _csv_rows(path: Path) -> int:
