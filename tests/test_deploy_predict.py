@@ -14,7 +14,7 @@ from PIL import Image
 from segbench.cli import main as segbench
 from segbench.deploy.images import load_image
 from segbench.deploy.predictor import Predictor
-from tests.conftest import run_cli
+from tests.conftest import make_folder_dataset, run_cli
 from tests.fixtures.camvid import write_camvid
 from tests.fixtures.checkpoints import untrained_checkpoint
 
@@ -205,3 +205,36 @@ def test_bayesian_segnet_writes_uncertainty_maps(tmp_path):
     ]
     assert segbench(args) == 0
     assert not (out0 / "uncertainty").exists()
+
+
+def test_overwrite_replaces_only_what_a_predict_run_wrote(trained_run, tmp_path, capsys):
+    """overwrite=true pointed at a dataset root would have deleted its masks/: now a predict run
+    lists the files it writes (predictions.json) and overwrite=true removes only those; an out=
+    holding others' files where predictions go, or holding the inputs, or inside the inputs'
+    folder, is refused before anything is written or deleted."""
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    root = make_folder_dataset(tmp_path / "data", n=3)  # images/ and masks/ (ground truth)
+    truth = {p.name: p.read_bytes() for p in (root / "masks").iterdir()}
+    base = ["predict", f"ckpt={ckpt}"]
+    for out, expected in [
+        (root, "holds the input"),
+        (root / "images" / "preds", "lies inside the folder the inputs are read from"),
+    ]:
+        args = [*base, f"input={root / 'images'}", f"out={out}", "overwrite=true"]
+        assert segbench(args) == 1, out
+        assert expected in capsys.readouterr().err
+    # a dataset root given as out= for other inputs: its masks/ are someone else's
+    other = tmp_path / "other"
+    write_images(other, [(32, 32)])
+    assert segbench([*base, f"input={other}", f"out={root}", "overwrite=true"]) == 1
+    assert "did not record writing" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (root / "masks").iterdir()} == truth
+    # a predict run's own folder: replaced file by file, a stale prediction removed
+    out = tmp_path / "out"
+    write_images(tmp_path / "two", [(32, 32), (32, 32)])
+    assert segbench([*base, f"input={tmp_path / 'two'}", f"out={out}"]) == 0
+    record = json.loads((out / "predictions.json").read_text())
+    assert "masks/img1.png" in record["written"] and "shares.csv" in record["written"]
+    (tmp_path / "two" / "img1.png").unlink()
+    assert segbench([*base, f"input={tmp_path / 'two'}", f"out={out}", "overwrite=true"]) == 0
+    assert not (out / "masks" / "img1.png").exists() and (out / "masks" / "img0.png").exists()

@@ -30,7 +30,6 @@ __all__ = ["FilePairDataset", "SampleCheck", "SegmentationDataset"]
 SCAN_VERSION = 2
 
 
-
 def _json(text: str | None) -> dict | None:
     """A cache entry's JSON object, or ``None`` (none, or not one)."""
     if text is None:
@@ -40,6 +39,7 @@ def _json(text: str | None) -> dict | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
 
 class SampleCheck(NamedTuple):
     """What :meth:`SegmentationDataset.check` found in one sample."""

@@ -18,7 +18,6 @@ import glob
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from collections import defaultdict
@@ -147,27 +146,94 @@ def _stems(paths: list[Path]) -> list[str]:
     return out
 
 
-def _output_dir(out: str, overwrite: bool) -> Path:
+MANIFEST = "predictions.json"  # lists every file a predict run wrote (its "written" key)
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def _owned(folder: Path) -> set[str] | None:
+    """The files (relative to ``folder``) that an earlier predict run recorded writing there;
+    ``None`` when ``folder`` holds no such record."""
+    try:
+        record = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    written = record.get("written") if isinstance(record, dict) else None
+    if record.get("kind") != "predict" or not isinstance(written, list):
+        return None
+    return {str(w) for w in written} | {MANIFEST}
+
+
+def _input_roots(spec: str, paths: list[Path]) -> list[Path]:
+    """The folders an input spec reads: a folder itself, a glob's fixed part."""
+    if any(c in spec for c in "*?["):
+        parts = Path(spec).parts
+        first = next(i for i, p in enumerate(parts) if any(c in p for c in "*?["))
+        return [Path(*parts[:first]) if first else Path(".")]
+    return [Path(spec)] if Path(spec).is_dir() else []
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return path == folder or folder in path.parents
+
+
+def _output_dir(out: str, overwrite: bool, spec: str = "", paths: list[Path] = ()) -> Path:
+    """The folder predictions go to, checked: never inside the folder the inputs are read from
+    (nor one holding an input: a dataset root), and a non-empty one only with overwrite=true
+    and only if every file where predictions go (``OUTPUTS``) was written by an earlier predict
+    run (its manifest); other files there are left alone."""
     if not out:
         return Path("outputs/predict") / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
     folder = Path(out)
+    for root in _input_roots(spec, list(paths)):
+        if _inside(folder, root):
+            raise SystemExit(
+                f"error: out={out} lies inside the folder the inputs are read from ({root}); "
+                "predictions written there could replace the data: choose an out= elsewhere"
+            )
+    held = next((p for p in paths if _inside(p, folder)), None)
+    if held is not None:
+        raise SystemExit(
+            f"error: out={out} holds the input {held} (a dataset root?); predictions written "
+            "there could replace the data: choose an out= elsewhere"
+        )
     if folder.is_dir() and any(folder.iterdir()):
         if not overwrite:
             raise SystemExit(
                 f"error: out={out} already holds files; choose a fresh out= or add "
                 "overwrite=true to replace its predictions"
             )
+        owned = _owned(folder) or set()
+        # files of others where predictions go (masks/, overlays/ ... of a dataset root, or
+        # of a predict run that kept no list): they could be replaced, so nothing is written
+        clash = [
+            p
+            for p in _files(folder)
+            if p.relative_to(folder).parts[0] in OUTPUTS and str(p.relative_to(folder)) not in owned
+        ]
+        if clash:
+            raise SystemExit(
+                f"error: out={out} holds {len(clash)} file(s) where predictions go that segbench "
+                f"predict did not record writing (e.g. {clash[0]}); overwrite=true replaces only "
+                "a predict run's own files, listed in its predictions.json: choose a fresh out="
+            )
     return folder
 
 
 def _clear(folder: Path) -> None:
-    """Remove what an earlier prediction wrote in ``folder`` (anything else stays)."""
-    for name in OUTPUTS:
+    """Remove the files an earlier predict run recorded writing in ``folder`` (nothing else),
+    then the folders that leaves empty."""
+    owned = _owned(folder) or set()
+    for name in sorted(owned):
         target = folder / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
+        if _inside(target, folder) and (target.is_file() or target.is_symlink()):
             target.unlink()
+    for directory in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+        if not any(directory.iterdir()):
+            directory.rmdir()
 
 
 def _write_image(predictor, folder: Path, stem: str, image: np.ndarray, pred) -> dict:
@@ -328,7 +394,7 @@ def predict(args) -> dict:
     if args.max_pixels < 1:
         raise SystemExit(f"error: max_pixels={args.max_pixels}: expected an integer >= 1")
     paths = find_inputs(args.input)
-    folder = _output_dir(args.out, args.overwrite)
+    folder = _output_dir(args.out, args.overwrite, args.input, paths)
     predictor = load_predictor(args.ckpt, args.overrides, args.device)
     _clear(folder)  # overwrite=true (else it is empty): only once the model has loaded
     folder.mkdir(parents=True, exist_ok=True)
@@ -369,7 +435,10 @@ def predict(args) -> dict:
         for d in done:
             shares = [f"{d['shares'][c]:.6f}" for c in predictor.class_names]
             writer.writerow([d["input"], d["stem"], d["kind"], d["height"], d["width"], *shares])
-    (folder / "predictions.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    record["written"] = sorted(
+        str(p.relative_to(folder)) for p in _files(folder) if p.name != MANIFEST
+    )
+    (folder / MANIFEST).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return {**record, "out": str(folder)}
 
 
