@@ -456,3 +456,26 @@ def test_optuna_search_optimises_best_val_miou_of_real_runs(tmp_path):
     study = OmegaConf.load(sweep / "optimization_results.yaml")
     assert study.best_value == pytest.approx(max(r["best_val_mIoU"] for r in runs))
     assert len(read_csv_board(sweep)) == 2
+
+
+def test_a_second_sweep_into_the_same_directory_is_refused(tmp_path):
+    """Two sweeps in one hydra.sweep.dir would overwrite the first's multirun.yaml and
+    leaderboard and mix their runs: the second is refused before any job, untouched files kept;
+    the same sweep with resume=auto carries it on."""
+    sweep = tmp_path / "sweep"
+    common = ["debug=fast", "trainer.max_epochs=1", *LEAN, f"hydra.sweep.dir={sweep}"]
+    run_cli("train.py", "-m", "optimizer.lr=0.2", *common, cwd=tmp_path)
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    proc = run_cli("train.py", "-m", "optimizer.lr=0.1", *common, cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert "already holds another sweep" in proc.stderr and "optimizer.lr=0.2" in proc.stderr
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before
+    again = run_cli("train.py", "-m", "optimizer.lr=0.2", *common, cwd=tmp_path, check=False)
+    assert again.returncode == 1 and "run the same command with resume=auto" in again.stderr
+    # with resume=auto the sweep directory is accepted (its finished run is then refused by
+    # the run's own directory check, as any finished run is: nothing is changed)
+    resumed = run_cli(
+        "train.py", "-m", "optimizer.lr=0.2", *common, "resume=auto", cwd=tmp_path, check=False
+    )
+    assert "already holds" not in resumed.stderr and "holds a finished run" in resumed.stderr
+    assert len(list(sweep.glob(f"*/{RESULTS_FILE}"))) == 1

@@ -163,6 +163,16 @@ class RunDirGuard(Callback):
     def __init__(self, kind: str = "train") -> None:
         self.kind = kind
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Refuse a sweep directory that holds another sweep (its ``multirun.yaml``): a second
+        sweep there would overwrite that file and the leaderboard and mix the two sweeps' runs.
+        The same sweep again with ``resume=auto`` carries it on."""
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        problem = _other_sweep(sweep_dir, [str(o) for o in config.hydra.overrides.task])
+        if problem:
+            print(f"Error: {problem}", file=sys.stderr)
+            sys.exit(1)
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not is_rank_zero():  # DDP ranks > 0: launched into rank 0's directory
             return
@@ -187,6 +197,40 @@ class RunDirGuard(Callback):
                 while (run_dir / ".hydra" / f"resume_{n}").exists():
                     n += 1
                 config.hydra.output_subdir = f".hydra/resume_{n}"
+
+
+def _sweep_overrides(overrides: list[str]) -> list[str]:
+    """A sweep's definition: its overrides without ``resume`` and the sweep directory."""
+    skip = ("resume", "hydra.sweep.dir")
+    return sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in skip)
+
+
+def _other_sweep(sweep_dir: Path, overrides: list[str]) -> str | None:
+    """Why ``sweep_dir`` cannot take the sweep of ``overrides`` (None when it can)."""
+    if not sweep_dir.is_dir() or not any(sweep_dir.iterdir()):
+        return None
+    record = sweep_dir / "multirun.yaml"
+    earlier = None
+    if record.is_file():
+        try:
+            earlier = [str(o) for o in OmegaConf.load(record).hydra.overrides.task]
+        except Exception:  # an unreadable record: treated as another sweep's
+            earlier = None
+    resuming = any(o.split("=", 1)[0].lstrip("+~") == "resume" for o in overrides)
+    if earlier is not None and _sweep_overrides(earlier) == _sweep_overrides(overrides):
+        if resuming:
+            return None
+        return (
+            f"hydra.sweep.dir={sweep_dir} already holds this sweep; to carry it on after an "
+            "interruption, run the same command with resume=auto added (its runs resume from "
+            "their last.ckpt), or give this sweep a new hydra.sweep.dir"
+        )
+    what = f"another sweep ({' '.join(earlier)})" if earlier is not None else "other files"
+    return (
+        f"hydra.sweep.dir={sweep_dir} already holds {what}; a second sweep there would "
+        "overwrite its multirun.yaml and leaderboard and mix the two sweeps' runs. Give this "
+        "sweep a directory of its own: hydra.sweep.dir=<new folder>"
+    )
 
 
 def _precheck_resume(config: DictConfig, run_dir: Path) -> None:
