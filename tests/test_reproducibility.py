@@ -292,11 +292,29 @@ def test_image_smaller_than_the_total_stride_is_refused_before_training(tmp_path
     assert not (out / "checkpoints").exists()
 
 
+class LastCheckpointEpochs:
+    """A callback that notes, as each epoch starts, the epoch and step last.ckpt holds."""
+
+    seen: list = []
+
+    def __new__(cls):
+        import pytorch_lightning as pl
+        import torch
+
+        class _Record(pl.Callback):
+            def on_train_epoch_start(self, trainer, pl_module):
+                path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+                if path.is_file():
+                    ckpt = torch.load(path, weights_only=True)
+                    cls.seen.append((trainer.current_epoch, ckpt["global_step"]))
+
+        return _Record()
+
+
 def test_last_ckpt_is_written_after_every_epoch_also_without_improvement(tmp_path):
     """Lightning writes last.ckpt only with a new best.ckpt; segbench's ModelCheckpoint writes it
     after every validation. A run whose validation mIoU falls after epoch 0 (lr 0.5 on
-    debug=fast) keeps epoch 0 as best and the last epoch as last; resuming from it trains no
-    further epoch."""
+    debug=fast) keeps epoch 0 as best, and as each epoch starts last.ckpt holds the one before."""
     import torch
 
     run_dir = tmp_path / "run"
@@ -304,15 +322,19 @@ def test_last_ckpt_is_written_after_every_epoch_also_without_improvement(tmp_pat
         "debug=fast", "trainer.max_epochs=3", "optimizer.lr=0.5", "logger=csv",
         "trainer.enable_progress_bar=false", "callbacks.run_plots=null",
         "callbacks.eval_outputs=null",
+        "+callbacks.record._target_=tests.test_reproducibility.LastCheckpointEpochs",
     ]  # fmt: skip
+    LastCheckpointEpochs.seen.clear()
     train(compose_config("train", overrides, run_dir))
     rows = list(csv.DictReader(open(next(run_dir.rglob("metrics.csv")))))
     val = [float(r["val/mIoU"]) for r in rows if r.get("val/mIoU")]
     assert len(val) == 3 and max(val) == val[0] > val[-1]  # no improvement after epoch 0
     best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    steps = best["global_step"]  # one epoch's steps
+    assert best["epoch"] == 0
+    assert LastCheckpointEpochs.seen == [(1, steps), (2, 2 * steps)]
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert best["epoch"] == 0 and last["epoch"] == 2
-    assert last["global_step"] == 3 * best["global_step"]
+    assert last["global_step"] == 3 * steps  # the finished run's
 
 
 def test_a_full_disk_names_the_space_needed_and_leaves_no_temporary_file(tmp_path, monkeypatch):
@@ -345,3 +367,28 @@ def test_a_full_disk_names_the_space_needed_and_leaves_no_temporary_file(tmp_pat
     assert "needs about 4.0 MB" in message and "resume=auto" in message
     assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]  # no .last.ckpt.tmp
     assert (folder / "last.ckpt").read_bytes() == before
+
+
+class KillAtTest:
+    """A callback that SIGKILLs its process as the final evaluation starts (a crash there)."""
+
+    def __new__(cls):
+        import pytorch_lightning as pl
+
+        class _Kill(pl.Callback):
+            def on_test_start(self, trainer, pl_module):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        return _Kill()
+
+
+def test_sigkill_during_the_final_evaluation_then_resume_keeps_every_row(tmp_path, uninterrupted):
+    """Killed after training, during the final evaluation: resume=auto evaluates and the run's
+    metrics.csv holds every row of the uninterrupted run (the last epoch's included)."""
+    run_dir = tmp_path / "killed"
+    kill = "+callbacks.kill._target_=tests.test_reproducibility.KillAtTest"
+    proc = _start(run_dir, kill)
+    proc.wait(timeout=300)
+    assert proc.returncode == -signal.SIGKILL and not (run_dir / "results.json").exists()
+    run_cli("train.py", *RESUME, f"hydra.run.dir={run_dir}", "resume=auto", cwd=ROOT)
+    _assert_same_run(run_dir, uninterrupted)
