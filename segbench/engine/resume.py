@@ -325,10 +325,11 @@ class RunState(pl.Callback):
             self._at_batch_start = False
         rank_zero_info(f"checkpoint: {self.last} (step {trainer.global_step})")
 
-    def on_fit_end(self, trainer, pl_module) -> None:
+    def on_train_end(self, trainer, pl_module) -> None:
         """Save last.ckpt once more when training has finished, after the last epoch's rows
         were logged: the epoch-end checkpoint was written before them, so a run killed during
-        the final evaluation and resumed from it lost the last epoch's training row."""
+        the final evaluation and resumed from it lost the last epoch's training row. (This
+        callback runs first, before the moving average is swapped in for good.)"""
         if trainer.interrupted or trainer.sanity_checking:
             return
         trainer.save_checkpoint(self.last)
