@@ -74,12 +74,27 @@ def notes(board: Leaderboard) -> list[str]:
             "had none, its results.json says why)."
         )
     if keys & {"bf", "boundary_iou"}:
+        conventions = sorted(
+            {
+                str((record.get("boundary") or {}).get("bf_convention", "segbench"))
+                for row in board.rows
+                for record in row.records
+                if (record.get("boundary") or {}).get("computed")
+            }
+        )
+        said = (
+            f"BF convention {(conventions or ['segbench'])[0]}"
+            if len(conventions) <= 1
+            else f"BF conventions differ between rows ({', '.join(conventions)}): their BF "
+            "columns do not compare"
+        )
         out.append(
             "BF: boundary F1 (Csurka et al. 2013) of each image over the classes of its ground "
             "truth, boundary pixels matched within a tolerance (default 0.75 % of the image "
-            "diagonal, recorded in each results.json), mean over images. Boundary IoU (Cheng "
-            "et al. 2021): IoU of the masks' inner bands (default 2 % of the diagonal), summed "
-            "over images per class, mean over classes."
+            f"diagonal, recorded in each results.json), mean over images ({said}; "
+            "boundary.bf_convention). Boundary IoU (Cheng et al. 2021): IoU of the masks' inner "
+            "bands (default 2 % of the diagonal), summed over images per class, mean over "
+            "classes."
         )
     if keys & {"ece", "nll", "brier"}:
         out.append(

@@ -52,6 +52,11 @@ from segbench.metrics.evaluator import EvalBatch, Figure, FigureResult, Totals
 __all__ = ["BoundaryFigures", "BoundaryOptions", "boundary_figures", "boundary_stats"]
 
 
+# how the BF score treats the image border, void, a class the prediction misses and the
+# tolerance's edge (see the module docstring)
+BF_CONVENTIONS = ("segbench", "matlab")
+
+
 @dataclass(frozen=True)
 class BoundaryOptions:
     """``boundary.*`` of the run config: whether the final evaluation computes the boundary
@@ -60,17 +65,23 @@ class BoundaryOptions:
     enabled: bool = True
     bf_tolerance: float = 0.0075
     iou_dilation: float = 0.02
+    bf_convention: str = "segbench"
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
             raise ValueError(f"boundary.enabled must be true or false, got {self.enabled!r}")
+        if self.bf_convention not in BF_CONVENTIONS:
+            raise ValueError(
+                f"boundary.bf_convention={self.bf_convention!r}: expected one of "
+                f"{', '.join(BF_CONVENTIONS)}"
+            )
         for key in ("bf_tolerance", "iou_dilation"):
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and 0 < value < 1):
                 raise ValueError(
                     f"boundary.{key} must be a fraction of the image diagonal in (0, 1), "
                     f"got {value!r} (the published values: "
-                    f"{', '.join(f'{f.name}={f.default}' for f in fields(self)[1:])})"
+                    f"{', '.join(f'{f.name}={f.default}' for f in fields(self)[1:3])})"
                 )
 
     @classmethod
@@ -78,7 +89,7 @@ class BoundaryOptions:
         """From ``boundary`` of a run config (a mapping or ``None``: the defaults)."""
         if cfg is None:
             return cls()
-        known = {"enabled", "bf_tolerance", "iou_dilation"}
+        known = {"enabled", "bf_tolerance", "iou_dilation", "bf_convention"}
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise ValueError(
@@ -111,9 +122,13 @@ def _band(labels: Tensor, d: int) -> Tensor:
     return band
 
 
-def _edges(labels: Tensor) -> Tensor:
-    """``(H, W)`` -> bool: pixels with a 4-neighbour of another label (inside the image)."""
+def _edges(labels: Tensor, border: bool = False) -> Tensor:
+    """``(H, W)`` -> bool: pixels with a 4-neighbour of another label (inside the image); with
+    ``border``, also every pixel on the image's border (outside counts as another label)."""
     edge = torch.zeros_like(labels, dtype=torch.bool)
+    if border:
+        edge[0, :] = edge[-1, :] = True
+        edge[:, 0] = edge[:, -1] = True
     across = labels[:, 1:] != labels[:, :-1]
     edge[:, 1:] |= across
     edge[:, :-1] |= across
@@ -127,11 +142,32 @@ def _dy_order(r: int) -> list[int]:
     return [0] + [s * dy for dy in range(1, r + 1) for s in (1, -1)]
 
 
+def _half_width(radius: float, dy: int, strict: bool) -> int:
+    """The largest ``dx >= 0`` with ``dx^2 + dy^2 <= radius^2`` (``< radius^2`` when
+    ``strict``); -1 when there is none."""
+    limit = radius * radius - dy * dy
+    if limit < 0 or (strict and limit <= 0):
+        return -1
+    half = int(math.floor(math.sqrt(limit)))
+    while (half + 1) ** 2 <= limit:  # floating-point sqrt, made exact
+        half += 1
+    while half >= 0 and (half * half > limit or (strict and half * half >= limit)):
+        half -= 1
+    return half
+
+
 def _matched(
-    query: Tensor, query_label: Tensor, mark: Tensor, mark_label: Tensor, radius: float, k: int
+    query: Tensor,
+    query_label: Tensor,
+    mark: Tensor,
+    mark_label: Tensor,
+    radius: float,
+    k: int,
+    strict: bool = False,
 ) -> Tensor:
     """``(K,)`` int64: per class, how many ``query`` pixels lie within Euclidean distance
-    ``radius`` of a ``mark`` pixel of their own label.
+    ``radius`` of a ``mark`` pixel of their own label (``< radius`` when ``strict``, else
+    ``<=``).
 
     Args:
         query, mark: ``(H, W)`` bool maps; ``query_label``, ``mark_label``: ``(H, W)`` labels.
@@ -153,7 +189,9 @@ def _matched(
     for dy in _dy_order(r):
         if pending.numel() == 0:
             break
-        half = int(math.floor(math.sqrt(radius * radius - dy * dy)))
+        half = _half_width(radius, dy, strict)
+        if half < 0:
+            continue
         yy = y[pending] + dy
         xx = x[pending]
         row = (label[pending] * h + yy) * w
@@ -194,15 +232,21 @@ def _image(
 
     # BF: each class of the ground truth, its boundary against the prediction's
     theta = options.bf_tolerance * diagonal
-    true_edge, pred_edge = _edges(target) & valid, _edges(pred) & valid
+    matlab = options.bf_convention == "matlab"
+    true_edge = _edges(target, border=matlab) & valid
+    pred_edge = _edges(pred, border=matlab)
+    if not matlab:  # MATLAB keeps the predicted boundary on void
+        pred_edge &= valid
     true_n, pred_n = per_class(target, true_edge).double(), per_class(pred, pred_edge).double()
-    precision = _matched(pred_edge, pred, true_edge, target, theta, k).double()
-    recall = _matched(true_edge, target, pred_edge, pred, theta, k).double()
+    precision = _matched(pred_edge, pred, true_edge, target, theta, k, strict=matlab).double()
+    recall = _matched(true_edge, target, pred_edge, pred, theta, k, strict=matlab).double()
     precision = torch.where(pred_n > 0, precision / pred_n.clamp_min(1), 0.0)
     recall = torch.where(true_n > 0, recall / true_n.clamp_min(1), 0.0)
     total = precision + recall
     f1 = torch.where(total > 0, 2 * precision * recall / total.clamp_min(1e-300), 0.0)
     f1 = torch.where((true_n == 0) & (pred_n == 0), 1.0, f1)
+    if matlab:  # a class the prediction misses entirely: left out of the image's mean
+        f1 = torch.where(pred_n == 0, math.nan, f1)
     present = per_class(target, valid) > 0
     bf[present] = f1[present]
     return bf, counts
@@ -319,6 +363,7 @@ class BoundaryFigures(Figure):
         record = boundary_figures(totals.arrays["bf"], totals.arrays["boundary_counts"])
         record["bf_tolerance"] = self.options.bf_tolerance
         record["iou_dilation"] = self.options.iou_dilation
+        record["bf_convention"] = self.options.bf_convention
         return FigureResult(
             record=record,
             metrics={
@@ -332,6 +377,7 @@ class BoundaryFigures(Figure):
                     "computed": True,
                     "bf_tolerance": record["bf_tolerance"],
                     "iou_dilation": record["iou_dilation"],
+                    "bf_convention": record["bf_convention"],
                     "bf_images": record["bf_images"],
                 }
             },
