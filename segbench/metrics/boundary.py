@@ -29,6 +29,11 @@ dataset, ``sum |G_d & P_d| / sum |G_d | P_d|`` with ``G_d`` and ``P_d`` the regi
 predicted masks, ignored pixels left out of both: counts that add up across images like IoU's.
 A class absent from every true and predicted map is left out of the mean.
 
+``boundary.bf_convention=matlab`` computes the BF score as MATLAB's ``bfscore`` does in
+``evaluateSemanticSegmentation`` instead: the image border counts as boundary, predicted boundary
+pixels on void are kept, a ground-truth class that the prediction misses entirely is left out
+of the image's mean (NaN, not 0), and a pixel matches at a distance strictly below ``theta``.
+
 Both are exact and cost a few passes over the image, whatever the number of classes: the bands
 of every class at once are the pixels whose box is not uniform (two summed-area tables), and a
 boundary pixel is matched by binary searches for the other boundary's pixels of its class in the
