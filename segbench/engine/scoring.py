@@ -60,7 +60,8 @@ def start_run(cfg, kind: str) -> RunInfo:
     resampling = check_bootstrap_options(
         OmegaConf.to_container(cfg.bootstrap) if cfg.get("bootstrap") else {}
     )
-    check_trainer(cfg.get("trainer"))
+    if kind == "train":
+        check_trainer(cfg.get("trainer"))
     claim(cfg.output_dir, kind, cfg.get("resume") if kind == "train" else None)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     return RunInfo(
