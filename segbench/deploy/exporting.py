@@ -230,7 +230,12 @@ def export(args) -> dict:
     )
     if out.exists() and not args.overwrite:
         raise SystemExit(f"error: {out} exists; choose another out= or add overwrite=true")
-    predictor = Predictor(args.ckpt, args.overrides, device="cpu")
+    from segbench.checkpoints import CheckpointError
+
+    try:  # a refused checkpoint (unreadable, untrusted, not fitting): one line, no traceback
+        predictor = Predictor(args.ckpt, args.overrides, device="cpu")
+    except CheckpointError as err:
+        raise SystemExit(f"error: {err}") from None
     try:
         _check_exportable(predictor)
     except ExportRefused as err:

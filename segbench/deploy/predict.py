@@ -395,7 +395,12 @@ def predict(args) -> dict:
         raise SystemExit(f"error: max_pixels={args.max_pixels}: expected an integer >= 1")
     paths = find_inputs(args.input)
     folder = _output_dir(args.out, args.overwrite, args.input, paths)
-    predictor = load_predictor(args.ckpt, args.overrides, args.device)
+    from segbench.checkpoints import CheckpointError
+
+    try:  # a refused checkpoint (unreadable, untrusted, not fitting): one line, no traceback
+        predictor = load_predictor(args.ckpt, args.overrides, args.device)
+    except CheckpointError as err:
+        raise SystemExit(f"error: {err}") from None
     _clear(folder)  # overwrite=true (else it is empty): only once the model has loaded
     folder.mkdir(parents=True, exist_ok=True)
     items = list(zip(paths, _stems(paths)))
