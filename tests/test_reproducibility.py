@@ -200,13 +200,24 @@ def test_resume_with_another_configuration_is_refused_naming_the_keys(tmp_path):
     )
     assert proc.returncode != 0
     assert "optimizer._target_" in proc.stderr and "differs from the checkpoint" in proc.stderr
+    assert "None in the checkpoint, None now" not in proc.stderr
     assert tree_digest(run_dir) == before  # refused before Hydra wrote a byte
+    # the fix the message gives, added to the same command, resumes the run
+    fix = proc.stderr.split("add to the command: ")[1].split("), or start")[0]
+    assert "optimizer._target_=torch.optim.SGD" in fix
+    pasted = run_cli(
+        "train.py", *FAST, "trainer.max_epochs=1", "optimizer=adamw", "resume=auto",
+        f"hydra.run.dir={run_dir}", *shlex.split(fix), cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert "differs from the checkpoint" not in pasted.stderr, pasted.stderr[-2000:]
 
 
 def test_resumable_keys_are_evaluation_and_logging_only():
     old = {"optimizer": {"lr": 0.1}, "logger": {"csv": {}}, "dataset": {"num_workers": 2}}
     new = {"optimizer": {"lr": 0.2}, "logger": None, "dataset": {"num_workers": 0}}
     assert config_differences(old, new) == [("optimizer.lr", 0.1, 0.2)]
+    # a key absent on one side and null on the other is no difference ("None ... None now")
+    assert config_differences({"model": {"crf": None, "x": 1}}, {"model": {"x": 1}}) == []
 
 
 # ----------------------------------------------------------------------------------------

@@ -424,16 +424,44 @@ def config_differences(old: dict, new: dict, computed: bool = False) -> list[tup
                 a.pop(key, None), b.pop(key)
                 for k in [k for k in a if k.startswith(key + ".")]:
                     a.pop(k)
-    missing = object()
     diffs = []
     for key in sorted(set(a) | set(b)):
         if any(key == p or key.startswith(p + ".") for p in RESUMABLE_KEYS):
             continue
-        default = ADDED_KEYS.get(key, missing)
+        default = ADDED_KEYS.get(key)  # absent: null, or the value that meant what runs did
         va, vb = a.get(key, default), b.get(key, default)
         if va != vb:
-            diffs.append((key, None if va is missing else va, None if vb is missing else vb))
+            diffs.append((key, va, vb))
     return diffs
+
+
+def _override_value(value: Any) -> str:
+    """``value`` as Hydra's override grammar writes it (``null``, ``true``, ``[a,b]`` ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    text = str(value)
+    plain = text and all(c.isalnum() or c in "._-/:" for c in text) and text[0] != "-"
+    return text if plain else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def restoring_overrides(diffs: list[tuple[str, Any, Any]]) -> list[str]:
+    """The overrides that give this run the checkpoint's values for ``diffs``: ``key=value``,
+    ``+key=value`` where this run lacks the key, ``~key`` where the checkpoint lacked it."""
+    out = []
+    for key, old, new in diffs:
+        if old is None and new is not None:
+            out.append(f"~{key}")
+        elif new is None and old is not None:
+            out.append(f"++{key}={_override_value(old)}")
+        else:
+            out.append(f"{key}={_override_value(old)}")
+    return out
 
 
 def check_resume_config(ckpt: dict, path: Path, config: dict, computed: bool = False) -> None:
@@ -449,9 +477,10 @@ def check_resume_config(ckpt: dict, path: Path, config: dict, computed: bool = F
     if diffs:
         lines = "\n".join(f"  {k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in diffs[:20])
         more = f"\n  ... and {len(diffs) - 20} more" if len(diffs) > 20 else ""
+        fix = " ".join(shlex.quote(o) for o in restoring_overrides(diffs))
         raise ValueError(
             f"resume={path}: this run's configuration differs from the checkpoint's in "
             f"{len(diffs)} key(s) that change what is trained:\n{lines}{more}\n"
-            "Resume with the checkpoint's configuration (drop those overrides), or start a new "
-            "run without resume= in another hydra.run.dir."
+            f"Resume with the checkpoint's configuration (add to the command: {fix}), or "
+            "start a new run without resume= in another hydra.run.dir."
         )
