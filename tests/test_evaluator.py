@@ -227,3 +227,21 @@ def test_evaluate_checks_the_bootstrap_options_too(trained_run, tmp_path):
     cfg = compose_config("evaluate", [f"ckpt={ckpt}", "bootstrap.level=0"], tmp_path / "ev")
     with pytest.raises(ValueError, match=r"bootstrap.level=0"):
         evaluate(cfg)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without")
+def test_a_gpu_trainer_without_a_gpu_is_refused_before_any_data_is_read(tmp_path, monkeypatch):
+    from segbench.data.datamodule import SegDataModule
+    from segbench.engine.run import train
+
+    opened = []
+    monkeypatch.setattr(SegDataModule, "dataset", lambda self, split: opened.append(split))
+    overrides = [*LEAN, "logger=none", "trainer=gpu", "trainer.accelerator=gpu"]
+    cfg = compose_config("train", overrides, tmp_path / "run")
+    with pytest.raises(
+        ValueError, match=r"trainer.accelerator=gpu.*run on the CPU with trainer=cpu"
+    ):
+        train(cfg)
+    assert opened == []  # no split opened, nothing cached
+    # the fix the message gives composes a CPU trainer
+    assert compose_config("train", [*LEAN, "trainer=cpu"], tmp_path).trainer.accelerator == "cpu"

@@ -19,7 +19,7 @@ from segbench.models.base import count_parameters, segmenter_of
 from segbench.results import RunFacts, build_results, format_table, write_results
 from segbench.significance import bootstrap, check_bootstrap_options
 
-__all__ = ["RunInfo", "check_trainer", "score", "start_run"]
+__all__ = ["RunInfo", "check_accelerator", "check_trainer", "score", "start_run"]
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,26 @@ class RunInfo:
     bootstrap: dict = field(default_factory=dict)  # resamples, level, seed of the intervals
 
 
+def check_accelerator(trainer) -> None:
+    """Refuse a GPU trainer on a machine without a CUDA GPU before any data is read (Lightning
+    would say so only when the trainer is built, after the splits were opened and cached)."""
+    import torch
+
+    accelerator = str((trainer or {}).get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"trainer.accelerator={accelerator}, but this machine has no CUDA GPU that PyTorch "
+            "can use (torch.cuda.is_available() is False); run on the CPU with trainer=cpu "
+            "(or trainer.accelerator=cpu)"
+        )
+
+
 def check_trainer(trainer) -> None:
     """Refuse a trainer that would train nothing (``trainer.max_epochs=0``,
     ``trainer.max_steps=0``): the run would write results for an untrained network."""
     if trainer is None:
         return
+    check_accelerator(trainer)
     for key in ("max_epochs", "max_steps"):
         value = trainer.get(key)
         if value == 0:
@@ -62,6 +77,8 @@ def start_run(cfg, kind: str) -> RunInfo:
     )
     if kind == "train":
         check_trainer(cfg.get("trainer"))
+    else:
+        check_accelerator(cfg.get("trainer"))
     claim(cfg.output_dir, kind, cfg.get("resume") if kind == "train" else None)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     return RunInfo(
