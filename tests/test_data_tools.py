@@ -60,6 +60,8 @@ def test_a_release_without_its_test_split_is_checked_without_it(tmp_path, capsys
     assert check_main(["dataset=camvid", f"data_root={tmp_path}", "dataset.eval_split=val"]) == 0
     captured = capsys.readouterr()
     assert "camvid/test: absent, not checked" in captured.err
+    assert "set e.g. dataset.eval_split=val" not in captured.err  # it is already set
+    assert "dataset.eval_split=val)" in captured.err
     # ... unless training would evaluate on it
     assert check_main(["dataset=camvid", f"data_root={tmp_path}"]) == 1
     assert "test.txt does not exist" in capsys.readouterr().out

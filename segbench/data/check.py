@@ -65,7 +65,14 @@ def check_dataset(
             except (OSError, ValueError) as err:
                 absent = isinstance(err, FileNotFoundError) and root and Path(root).is_dir()
                 if absent and split not in used and not splits:
-                    print(f"{dm.name}/{split}: absent, not checked ({err})", file=sys.stderr)
+                    # what is missing, without the hint to evaluate on another split (this run
+                    # already evaluates on dataset.eval_split, not on this one)
+                    reason = str(err).split("; ")[0]
+                    print(
+                        f"{dm.name}/{split}: absent, not checked ({reason}; training does not "
+                        f"use it with dataset.eval_split={dm.eval_split})",
+                        file=sys.stderr,
+                    )
                 else:
                     found[split] = [str(err)]
                 continue
