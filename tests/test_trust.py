@@ -73,7 +73,14 @@ def new_group(config, marker):  # a group segbench does not have
     config["extras"] = {"hook": {"_target_": "numpy.savetxt", "fname": str(marker), "X": [[1]]}}
 
 
-PAYLOADS = [savetxt, open_file, write_text, import_module, args_nested, task_list, new_group]
+def machinery_as_model(config, marker):  # a logger factory of conf/logger, as the model
+    config["model"] = {"_target_": "segbench.engine.loggers.wandb_logger", "save_dir": str(marker)}
+
+
+PAYLOADS = [
+    savetxt, open_file, write_text, import_module, args_nested, task_list, new_group,
+    machinery_as_model,
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("plant", PAYLOADS, ids=[p.__name__ for p in PAYLOADS])
@@ -96,6 +103,9 @@ def test_the_shipped_configs_targets_are_known_and_a_clean_checkpoint_loads(clea
     known = known_targets()
     assert "segbench.models.fcn.FCN" in known and "torch.optim.SGD" in known
     assert "numpy.savetxt" not in known and "builtins.open" not in known
+    # loggers, callbacks and the trainer are never built from a checkpoint: not known there
+    assert "segbench.engine.loggers.wandb_logger" not in known
+    assert "pytorch_lightning.Trainer" not in known
     loaded = load_model(clean_ckpt)
     assert loaded.num_classes == 7
 

@@ -236,7 +236,7 @@ def trained_config(ckpt: dict, ckpt_path: str, allow_targets=()) -> DictConfig:
     # the run's machinery (its callbacks, loggers, trainer) is never built from a checkpoint:
     # dropped here, so that nothing later can; everything else is checked
     loaded = {k: v for k, v in resolved.items() if k not in NEVER_LOADED}
-    check_targets(loaded, f"checkpoint {ckpt_path!r}", allow_targets, MOVED_TARGETS)
+    check_targets(loaded, f"checkpoint {ckpt_path!r}", allow_targets)  # old names upgraded
     return OmegaConf.create(loaded)
 
 

@@ -36,27 +36,37 @@ class UntrustedTargetError(CheckpointError):
     """A loaded config names a ``_target_`` that segbench does not know."""
 
 
-def _targets(node, path: str) -> Iterator[tuple[str, object]]:
-    """Every ``(key path, _target_ value)`` below ``node``."""
+# the run's machinery: never built from a checkpoint (its loading drops these keys), so the
+# classes configured there (loggers, callbacks, the trainer, Hydra's plugins) are not ones a
+# loaded config may name
+MACHINERY = ("callbacks", "logger", "trainer", "hydra")
+
+
+def _targets(node, path: str, skip: Sequence[str] = ()) -> Iterator[tuple[str, object]]:
+    """Every ``(key path, _target_ value)`` below ``node``, leaving out the subtrees under a key
+    in ``skip``."""
     if isinstance(node, dict):
         for key, value in node.items():
             where = f"{path}.{key}" if path else str(key)
             if key == "_target_":
                 yield where, value
-            else:
-                yield from _targets(value, where)
+            elif key not in skip:
+                yield from _targets(value, where, skip)
     elif isinstance(node, (list, tuple)):
         for i, item in enumerate(node):
-            yield from _targets(item, f"{path}[{i}]")
+            yield from _targets(item, f"{path}[{i}]", skip)
 
 
 @cache
 def known_targets() -> frozenset[str]:
-    """Every ``_target_`` named by a config file shipped in ``conf/``."""
+    """Every ``_target_`` named by a config file shipped in ``conf/``, except the run's
+    machinery (:data:`MACHINERY`: its groups and keys)."""
     found = set()
     for path in sorted(CONF.rglob("*.yaml")):
+        if path.relative_to(CONF).parts[0] in MACHINERY:
+            continue
         for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
-            found.update(v for _, v in _targets(doc, "") if isinstance(v, str))
+            found.update(v for _, v in _targets(doc, "", MACHINERY) if isinstance(v, str))
     return frozenset(found)
 
 
