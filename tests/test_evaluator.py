@@ -130,6 +130,14 @@ def test_batching_and_order_change_nothing():
     assert one.figure_record("fg") == other.figure_record("fg")
 
 
+def test_a_figure_must_say_how_it_computes():
+    class Incomplete(Figure):  # update only: no compute
+        pass
+
+    with pytest.raises(TypeError, match="abstract method"):
+        Incomplete(K, IGNORE, NAMES)
+
+
 def test_a_figure_factory_must_make_a_figure():
     with pytest.raises(TypeError, match="evaluation figure 'oops'.*not a segbench.metrics.Figure"):
         Evaluator(K, IGNORE, NAMES, {"oops": lambda **kw: object()})

@@ -26,12 +26,13 @@ from segbench.checkpoints.store import (
     EVALUATION_ONLY_KEYS,
     CheckpointError,
     evaluation_config,
+    load_weights,
 )
 from segbench.data.transforms import SegTransform
 from segbench.inference import Inference, eval_mode
 from segbench.inference.fast import autocast_for, check_fast, prepare_batch, prepare_model
 
-__all__ = ["LoadedModel", "build_model", "load_model", "network_weights"]
+__all__ = ["LoadedModel", "build_model", "device_for", "load_model", "network_weights"]
 
 
 def _constructor_args(cfg: dict) -> dict:
@@ -94,7 +95,9 @@ def _model_overrides(overrides: Sequence[str]) -> tuple[dict, list[str]]:
     return keys, rest
 
 
-def _device(cfg: DictConfig, device: str | None) -> torch.device:
+def device_for(cfg: DictConfig, device: str | None = None) -> torch.device:
+    """``device`` if given, else a GPU when ``trainer.accelerator`` allows one and there is one,
+    else the CPU."""
     if device is not None:
         return torch.device(device)
     accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
@@ -183,14 +186,9 @@ def load_model(
         run_cfg.model = OmegaConf.merge(run_cfg.model, model_keys)
     dm = instantiate(run_cfg.dataset)  # no split opened: no labels read
     network = build_model(run_cfg.model)
-    try:
-        network.load_state_dict(network_weights(state_dict, ckpt), strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"checkpoint {ckpt!r} does not fit model {run_cfg.model.get('name')!r}: {err}"
-        ) from err
+    load_weights(network, network_weights(state_dict, ckpt), ckpt, run_cfg.model.get("name"))
     fast = check_fast(OmegaConf.to_container(cfg.fast) if cfg.get("fast") is not None else None)
-    target = _device(cfg, device)
+    target = device_for(cfg, device)
     network = prepare_model(network.to(target).eval(), fast)
     inference = instantiate(run_cfg.inference) if run_cfg.get("inference") else Inference()
     palette = dm.palette

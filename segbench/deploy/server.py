@@ -65,8 +65,8 @@ class _TooLarge(Exception):
     """The body read so far passed the upload limit."""
 
 
-def check_options(max_upload_mb, max_pixels, port, host) -> None:
-    """Refuse serve options that cannot work, by key, before the model is loaded.
+def check_limits(max_upload_mb, max_pixels) -> None:
+    """Refuse upload limits that cannot work, by key.
 
     Raises:
         SystemExit: the message names the key, the value and what is expected.
@@ -77,6 +77,15 @@ def check_options(max_upload_mb, max_pixels, port, host) -> None:
         raise SystemExit(f"error: max_upload_mb={max_upload_mb}: expected a size > 0, e.g. 10")
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise SystemExit(f"error: max_pixels={max_pixels}: expected a whole number of pixels >= 1")
+
+
+def check_options(max_upload_mb, max_pixels, port, host) -> None:
+    """Refuse serve options that cannot work, by key, before the model is loaded.
+
+    Raises:
+        SystemExit: the message names the key, the value and what is expected.
+    """
+    check_limits(max_upload_mb, max_pixels)
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise SystemExit(f"error: port={port}: expected a port number from 0 to 65535, e.g. 8000")
     if not str(host).strip():
@@ -85,7 +94,7 @@ def check_options(max_upload_mb, max_pixels, port, host) -> None:
 
 def create_app(predictor, max_upload_mb: float = 10.0, max_pixels: int = MAX_PIXELS):
     """The FastAPI application around ``predictor`` (a :class:`Predictor`, loaded once)."""
-    check_options(max_upload_mb, max_pixels, 0, "-")
+    check_limits(max_upload_mb, max_pixels)
     limit = int(max_upload_mb * 1024 * 1024)
     lock = threading.Lock()
     info = predictor.info()

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from segbench.checkpoints.loader import device_for
 from segbench.checkpoints.store import evaluation_config
 from segbench.data.files import read_image
 from segbench.data.submission import pack, split_images, submission_format
@@ -45,13 +46,6 @@ class _Images(Dataset):
         return image_id, x, torch.tensor(image.shape[:2])
 
 
-def _device(cfg) -> torch.device:
-    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def submit(cfg) -> dict:
     """Write the server files of ``cfg.split`` (default ``test``) for checkpoint ``cfg.ckpt``
     into ``<run dir>/submission/``, pack them, and return the ``submission.json`` record."""
@@ -63,7 +57,7 @@ def submit(cfg) -> dict:
     root = OmegaConf.select(run_cfg, "dataset.source.root")
     items = split_images(dm.name, root, split)
     task, _ = evaluation_task(cfg, run_cfg, state_dict, dm)
-    device = _device(cfg)
+    device = device_for(cfg)
     task.to(device).eval()
 
     out = Path(run.output_dir)

@@ -20,6 +20,7 @@ process and N give the same record.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -109,7 +110,7 @@ class FigureResult:
     notes: list[str] = field(default_factory=list)
 
 
-class Figure(nn.Module):
+class Figure(nn.Module, ABC):
     """One family of figures of an evaluation (subclass it; one line of config switches it on).
 
     A figure keeps dataset-level sums as torchmetrics states (summed over ranks when computed)
@@ -137,9 +138,9 @@ class Figure(nn.Module):
     def reset(self) -> None:
         """Forget everything added (the evaluator resets before each evaluation)."""
 
+    @abstractmethod
     def compute(self, totals: Totals) -> FigureResult:
         """The figures over everything added on every rank (a collective under DDP)."""
-        raise NotImplementedError
 
 
 @dataclass
@@ -260,8 +261,8 @@ class Evaluator(nn.Module):
     def update(self, scores: Tensor, target: Tensor, batch: Mapping) -> Tensor:
         """Add a batch: ``scores (B, K, H, W)``, ``target (B, H, W)`` and the loader's batch
         (its ``index`` and ``name`` identify the images). Returns the class map ``(B, H, W)``."""
-        self.confusion.update(scores, target)  # checks the labels first
-        pred = class_map(scores)
+        pred = class_map(scores)  # once: the confusion matrix and every figure share it
+        self.confusion.update(pred, target)  # checks the labels
         counts = image_counts(pred, target, self.num_classes, self.ignore_index)
         seen = EvalBatch(scores=scores, pred=pred, target=target, batch=batch)
         arrays: dict[str, Tensor] = {}
