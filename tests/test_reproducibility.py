@@ -354,7 +354,7 @@ def test_a_full_disk_names_the_space_needed_and_leaves_no_temporary_file(tmp_pat
     command that resumes."""
     import torch
 
-    from segbench.engine.resume import AtomicCheckpointIO, CheckpointWriteError
+    from segbench.engine.checkpointing import AtomicCheckpointIO, CheckpointWriteError
 
     folder = tmp_path / "run" / "checkpoints"
     io_ = AtomicCheckpointIO()

@@ -135,7 +135,7 @@ MOVED_TARGETS = {
     "segbench.loggers.wandb_logger": "segbench.engine.loggers.wandb_logger",
     "pytorch_lightning.loggers.CSVLogger": "segbench.engine.loggers.CSVLogger",
     "segbench.sweep.LeaderboardCallback": "segbench.leaderboard.sweep.LeaderboardCallback",
-    "pytorch_lightning.callbacks.ModelCheckpoint": "segbench.engine.resume.ModelCheckpoint",
+    "pytorch_lightning.callbacks.ModelCheckpoint": "segbench.engine.checkpointing.ModelCheckpoint",
 }
 # training settings that sat among a model config's keys before the task group held them
 LEGACY_TASK_KEYS = ("adversarial_weight", "d_steps", "discriminator_optimizer")

@@ -14,10 +14,7 @@ failures). The images pass through the checkpoint's evaluation transform
 from __future__ import annotations
 
 import csv
-import glob
 import json
-import os
-import re
 import sys
 import time
 from collections import defaultdict
@@ -29,13 +26,19 @@ from tqdm import tqdm
 
 from segbench.deploy.args import parse_key_values
 from segbench.deploy.images import MAX_PIXELS
+from segbench.deploy.inputs import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    find_inputs,
+    input_roots,
+    inside,
+    stems,
+)
 from segbench.deploy.predictor import ImageError, class_shares, load_image
 from segbench.plots import colorize, heatmap, save_palette_png
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "find_inputs", "main", "predict"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 OUTPUTS = ("masks", "overlays", "uncertainty", "videos", "frames", "shares.csv", "predictions.json")
 OWN = {
     "ckpt": (None, "a checkpoint train.py wrote, or an ONNX file segbench export wrote"),
@@ -47,103 +50,6 @@ OWN = {
     "device": ("", "cpu, cuda, ... (default: a GPU when there is one)"),
     "max_pixels": (MAX_PIXELS, "larger images are skipped, named, before they are decoded"),
 }
-
-
-def _part_regex(part: str) -> str:
-    """One path component of a glob as a regular expression (``*`` and ``?`` within the
-    component, ``[...]`` a character class)."""
-    out, i = [], 0
-    while i < len(part):
-        c = part[i]
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[" and part.find("]", i + 2 + (part[i + 1 : i + 2] == "!")) != -1:
-            start = i + 1 + (part[i + 1 : i + 2] == "!")  # a ']' first is a member
-            end = part.find("]", start + 1)
-            negate = "^" if start > i + 1 else ""
-            out.append(f"[{negate}{part[start:end].replace(chr(92), chr(92) * 2)}]")
-            i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
-
-
-def _walk_glob(spec: str) -> list[Path]:
-    """The files a ``**`` glob matches, found by walking without following directory links (a
-    link to a parent folder would otherwise be walked forever, or each file found again under
-    every path through it); hidden files and folders are left out, as ``glob`` does."""
-    parts = Path(spec).parts
-    first = next(i for i, p in enumerate(parts) if any(c in p for c in "*?["))
-    root = Path(*parts[:first]) if first else Path(".")
-    regex = ""
-    for part in parts[first:]:
-        regex += "(?:[^/]+/)*" if part == "**" else _part_regex(part) + "/"
-    pattern = re.compile(regex[:-1] if regex.endswith("/") else regex + "[^/]+")
-    found = []
-    for directory, folders, files in os.walk(root, followlinks=False):
-        folders[:] = sorted(f for f in folders if not f.startswith("."))
-        for name in sorted(files):
-            path = Path(directory, name)
-            if not name.startswith(".") and pattern.fullmatch(path.relative_to(root).as_posix()):
-                found.append(path)
-    return sorted(found)
-
-
-def _once(paths: list[Path]) -> list[Path]:
-    """``paths`` with each file once, by its real path (links to one file, or one file reached
-    through a linked folder), first occurrence kept."""
-    seen, out = set(), []
-    for path in paths:
-        real = os.path.realpath(path)
-        if real not in seen:
-            seen.add(real)
-            out.append(path)
-    return out
-
-
-def find_inputs(spec: str) -> list[Path]:
-    """The files ``spec`` names: a file, the images of a folder (sorted), or a glob's matches
-    (``**`` recursive, never through a linked folder), each file once.
-
-    Raises:
-        SystemExit: nothing matches, naming ``spec``.
-    """
-    path = Path(spec)
-    if any(c in spec for c in "*?["):
-        if "**" in spec:
-            found = _walk_glob(spec)
-        else:
-            found = [Path(p) for p in sorted(glob.glob(spec)) if Path(p).is_file()]
-        if not found:
-            raise SystemExit(f"error: input={spec}: the glob matches no file")
-        return _once(found)
-    if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not found:
-            raise SystemExit(
-                f"error: input={spec}: the folder holds no image ({', '.join(IMAGE_SUFFIXES)})"
-            )
-        return _once(found)
-    if not path.is_file():
-        raise SystemExit(f"error: input={spec}: no such file or folder")
-    return [path]
-
-
-def _stems(paths: list[Path]) -> list[str]:
-    """A distinct output name per input: its stem, ``_2``, ``_3`` ... for repeats."""
-    used: set[str] = set()
-    out = []
-    for path in paths:
-        stem, n = path.stem or "image", 1
-        while stem in used:
-            n += 1
-            stem = f"{path.stem}_{n}"
-        used.add(stem)
-        out.append(stem)
-    return out
 
 
 MANIFEST = "predictions.json"  # lists every file a predict run wrote (its "written" key)
@@ -166,20 +72,6 @@ def _owned(folder: Path) -> set[str] | None:
     return {str(w) for w in written} | {MANIFEST}
 
 
-def _input_roots(spec: str, paths: list[Path]) -> list[Path]:
-    """The folders an input spec reads: a folder itself, a glob's fixed part."""
-    if any(c in spec for c in "*?["):
-        parts = Path(spec).parts
-        first = next(i for i, p in enumerate(parts) if any(c in p for c in "*?["))
-        return [Path(*parts[:first]) if first else Path(".")]
-    return [Path(spec)] if Path(spec).is_dir() else []
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    path, folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
-    return path == folder or folder in path.parents
-
-
 def _output_dir(out: str, overwrite: bool, spec: str = "", paths: list[Path] = ()) -> Path:
     """The folder predictions go to, checked: never inside the folder the inputs are read from
     (nor one holding an input: a dataset root), and a non-empty one only with overwrite=true
@@ -188,13 +80,13 @@ def _output_dir(out: str, overwrite: bool, spec: str = "", paths: list[Path] = (
     if not out:
         return Path("outputs/predict") / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
     folder = Path(out)
-    for root in _input_roots(spec, list(paths)):
-        if _inside(folder, root):
+    for root in input_roots(spec):
+        if inside(folder, root):
             raise SystemExit(
                 f"error: out={out} lies inside the folder the inputs are read from ({root}); "
                 "predictions written there could replace the data: choose an out= elsewhere"
             )
-    held = next((p for p in paths if _inside(p, folder)), None)
+    held = next((p for p in paths if inside(p, folder)), None)
     if held is not None:
         raise SystemExit(
             f"error: out={out} holds the input {held} (a dataset root?); predictions written "
@@ -229,7 +121,7 @@ def _clear(folder: Path) -> None:
     owned = _owned(folder) or set()
     for name in sorted(owned):
         target = folder / name
-        if _inside(target, folder) and (target.is_file() or target.is_symlink()):
+        if inside(target, folder) and (target.is_file() or target.is_symlink()):
             target.unlink()
     for directory in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
         if not any(directory.iterdir()):
@@ -403,7 +295,7 @@ def predict(args) -> dict:
         raise SystemExit(f"error: {err}") from None
     _clear(folder)  # overwrite=true (else it is empty): only once the model has loaded
     folder.mkdir(parents=True, exist_ok=True)
-    items = list(zip(paths, _stems(paths)))
+    items = list(zip(paths, stems(paths)))
     images = [(p, s) for p, s in items if p.suffix.lower() not in VIDEO_SUFFIXES]
     videos = [(p, s) for p, s in items if p.suffix.lower() in VIDEO_SUFFIXES]
     start = time.perf_counter()

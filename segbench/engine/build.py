@@ -18,8 +18,9 @@ from segbench.checkpoints.loader import build_model
 from segbench.checkpoints.store import load_weights
 from segbench.data.datamodule import SegDataModule
 from segbench.data.stats import class_weights
+from segbench.engine.checkpointing import AtomicCheckpointIO
 from segbench.engine.ema import EMA
-from segbench.engine.resume import AtomicCheckpointIO, RunState
+from segbench.engine.resume import RunState
 from segbench.engine.task import SegmentationTask
 from segbench.inference import Inference
 from segbench.metrics import Evaluator
