@@ -131,6 +131,8 @@ def build_results(
         "ignore_index": run.ignore_index,
         "num_images": run.num_images,
         "metrics": metrics,
+        # the figures' own entries where results.json has always had them (boundary after
+        # metrics, calibration after the intervals); any other figure's at the end
         **{k: entries.pop(k) for k in ("boundary",) if k in entries},
         "per_image": per_image,
         "intervals": intervals,
