@@ -71,6 +71,7 @@ def scene(seed, h=48, w=64, k=5, ignore_share=0.05):
 
 
 def run(pred, target, k, **options):
+    options.setdefault("bf_convention", "segbench")  # the rules oracle_image is written from
     bf, counts = boundary_stats(
         torch.from_numpy(pred)[None],
         torch.from_numpy(target)[None],
@@ -167,14 +168,16 @@ def test_dataset_figures_average_images_then_classes():
     assert figures["boundary_iou"] == pytest.approx((0.25 + 0.5) / 2)
 
 
-def test_a_batch_is_its_images():
+@pytest.mark.parametrize("convention", ["segnet", "segbench", "matlab"])
+def test_a_batch_is_its_images(convention):
     a, ta = scene(2)
     b, tb = scene(3)
     bf, counts = boundary_stats(
-        torch.from_numpy(np.stack([a, b])), torch.from_numpy(np.stack([ta, tb])), 5, IGNORE
-    )
+        torch.from_numpy(np.stack([a, b])), torch.from_numpy(np.stack([ta, tb])), 5, IGNORE,
+        BoundaryOptions(bf_convention=convention),
+    )  # fmt: skip
     for i, (p, t) in enumerate(((a, ta), (b, tb))):
-        one_bf, one_counts = run(p, t, 5)
+        one_bf, one_counts = run(p, t, 5, bf_convention=convention)
         np.testing.assert_array_equal(bf[i].numpy(), one_bf)
         np.testing.assert_array_equal(counts[i].numpy(), one_counts)
 

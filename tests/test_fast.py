@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -295,13 +296,39 @@ def test_a_deferred_finite_check_still_names_the_first_bad_step(tmp_path):
 def test_bench_boundary_section_times_both_and_reports():
     from segbench.bench.boundary import bench_boundary
     from segbench.bench.report import report
+    from segbench.metrics.boundary import BF_CONVENTIONS
 
     result = bench_boundary(cases=(((36, 48), 5), ((40, 80), 7)), repeats=1)
-    assert [(r["size"], r["classes"]) for r in result["rows"]] == [([36, 48], 5), ([40, 80], 7)]
+    assert [(r["size"], r["classes"], r["bf_convention"]) for r in result["rows"]] == [
+        (size, k, c) for size, k in (([36, 48], 5), ([40, 80], 7)) for c in BF_CONVENTIONS
+    ]
     for row in result["rows"]:
         assert row["boundary_s"] > 0 and row["counts_s"] > 0 and row["ratio"] > 0
     assert result["options"] == {"bf_tolerance": 0.0075, "iou_dilation": 0.02}
     text = report({"model": "m", "backbone": "b", "num_classes": 5, "batch": 1, "size": [8, 8],
                    "machine": {"device": "cpu", "torch_threads": 1, "torch": "x"},
                    "boundary": result})  # fmt: skip
-    assert "| 36×48 | 5 |" in text and "Boundary figures" in text
+    assert "| 36×48 | 5 | segnet |" in text and "Boundary figures" in text
+
+
+def test_bench_boundary_on_label_maps_times_each_convention(tmp_path):
+    """``--boundary-labels``: real label maps, each against the next shifted, per convention."""
+    from PIL import Image
+
+    from segbench.bench.boundary import bench_boundary_labels
+    from segbench.bench.speed import main
+
+    gen = np.random.default_rng(0)
+    for i in range(3):
+        labels = np.zeros((30, 40), np.uint8)
+        labels[:, 15 + i :] = 1
+        labels[gen.random((30, 40)) < 0.02] = 11  # void
+        Image.fromarray(labels).save(tmp_path / f"{i}.png")
+    result = bench_boundary_labels(tmp_path, 11, size=(60, 80))
+    assert [r["bf_convention"] for r in result["rows"]] == ["segnet", "segbench", "matlab"]
+    assert all(r["images"] == 2 and r["size"] == [60, 80] and r["boundary_s"] > 0
+               for r in result["rows"])  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["debug=fast", "--sections", "boundary", "--boundary-labels", str(tmp_path)])
+    with pytest.raises(ValueError, match=r"expected 2 or more \.png label maps"):
+        bench_boundary_labels(tmp_path / "none", 11)

@@ -120,6 +120,7 @@ def report(result: dict) -> str:
             [
                 f"{r['size'][0]}×{r['size'][1]}",
                 str(r["classes"]),
+                r.get("bf_convention", "segbench"),
                 f"{r['boundary_s']:.3f}",
                 f"{r['counts_s']:.4f}",
                 f"{r['ratio']:.0f}×",
@@ -130,10 +131,33 @@ def report(result: dict) -> str:
             _markdown(
                 f"Boundary figures (BF + boundary IoU) per image, {result['boundary']['threads']}"
                 " threads, against the pixel counts of the other figures",
-                ["size", "classes", "boundary s", "counts s", "ratio"],
+                ["size", "classes", "BF convention", "boundary s", "counts s", "ratio"],
                 rows,
             )
         )
+        labels = result["boundary"].get("labels")
+        if labels:
+            rows = [
+                [
+                    f"{r['size'][0]}×{r['size'][1]}",
+                    str(r["classes"]),
+                    r["bf_convention"],
+                    str(r["images"]),
+                    f"{r['boundary_s']:.3f}",
+                    f"{r['counts_s']:.4f}",
+                    f"{r['ratio']:.0f}×",
+                ]
+                for r in labels["rows"]
+            ]
+            parts.append(
+                _markdown(
+                    f"The same on the label maps of {labels['folder']}, each against the next "
+                    f"one shifted {labels['shift']} px (mean per image)",
+                    ["size", "classes", "BF convention", "images", "boundary s", "counts s",
+                     "ratio"],
+                    rows,
+                )
+            )  # fmt: skip
     if "crf" in result and _note("Dense CRF", result["crf"]):
         parts.append(_note("Dense CRF", result["crf"]))
     return "\n\n".join(parts)

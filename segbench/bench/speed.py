@@ -244,6 +244,10 @@ def run(
     device: str = "auto",
     loop_steps: int = 40,
     crf_size: tuple[int, int] = (360, 480),
+    boundary_labels: str | None = None,
+    boundary_classes: int = 0,
+    boundary_size: tuple[int, int] | None = None,
+    boundary_limit: int | None = None,
 ) -> dict:
     """Every section of ``sections`` on ``cfg`` (a composed ``conf/train.yaml``)."""
     dev = pick_device(device)
@@ -293,6 +297,12 @@ def run(
         from segbench.bench.boundary import bench_boundary
 
         result["boundary"] = bench_boundary(repeats=repeats)
+        if boundary_labels:
+            from segbench.bench.boundary import bench_boundary_labels
+
+            result["boundary"]["labels"] = bench_boundary_labels(
+                boundary_labels, boundary_classes, boundary_size, boundary_limit
+            )
     if "loop" in sections:
         result["loop_config"] = (
             f"{cfg.model.name}/{cfg.backbone.name} on {cfg.dataset.name}, batch "
@@ -323,6 +333,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=20, help="timed inference passes")
     parser.add_argument("--loop-steps", type=int, default=40, help="timed batches per loop")
     parser.add_argument("--crf-size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
+    parser.add_argument(
+        "--boundary-labels",
+        metavar="DIR",
+        help="boundary section: also time real label maps (the PNGs of DIR, each against the "
+        "next one shifted 3 px); needs --boundary-classes",
+    )
+    parser.add_argument("--boundary-classes", type=int, default=0, metavar="K")
+    parser.add_argument("--boundary-size", type=int, nargs=2, metavar=("H", "W"))
+    parser.add_argument("--boundary-limit", type=int, metavar="N", help="the first N maps")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--out", default="bench.json", help="the JSON file written")
     args, cfg = parse_verb_args(parser, argv)
@@ -331,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.boundary_labels and args.boundary_classes < 1:
+        parser.error("--boundary-labels needs --boundary-classes K (labels >= K are void)")
+    if args.boundary_labels and not Path(args.boundary_labels).is_dir():
+        parser.error(f"--boundary-labels {args.boundary_labels}: no such folder")
     out = Path(args.out)
     if out.exists():
         parser.error(
@@ -349,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         loop_steps=args.loop_steps,
         crf_size=(args.crf_size[0], args.crf_size[1]),
+        boundary_labels=args.boundary_labels,
+        boundary_classes=args.boundary_classes,
+        boundary_size=tuple(args.boundary_size) if args.boundary_size else None,
+        boundary_limit=args.boundary_limit,
     )
     result["command"] = "segbench bench " + " ".join(argv if argv is not None else [])
     print(report(result))

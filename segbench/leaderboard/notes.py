@@ -89,12 +89,13 @@ def notes(board: Leaderboard) -> list[str]:
             "columns do not compare"
         )
         out.append(
-            "BF: boundary F1 (Csurka et al. 2013) of each image over the classes of its ground "
-            "truth, boundary pixels matched within a tolerance (default 0.75 % of the image "
+            "BF: boundary F1 (Csurka et al. 2013) of each image, the mean over its classes, "
+            "boundary pixels matched within a tolerance (default 0.75 % of the image "
             f"diagonal, recorded in each results.json), mean over images ({said}; "
-            "boundary.bf_convention). Boundary IoU (Cheng et al. 2021): IoU of the masks' inner "
-            "bands (default 2 % of the diagonal), summed over images per class, mean over "
-            "classes."
+            "boundary.bf_convention: segnet, the default, is SegNet's authors' script; runs "
+            "that recorded none used segbench). Boundary IoU (Cheng et al. 2021): IoU of the "
+            "masks' inner bands (default 2 % of the diagonal), summed over images per class, "
+            "mean over classes."
         )
     if keys & {"ece", "nll", "brier"}:
         out.append(

@@ -29,10 +29,12 @@ dataset, ``sum |G_d & P_d| / sum |G_d | P_d|`` with ``G_d`` and ``P_d`` the regi
 predicted masks, ignored pixels left out of both: counts that add up across images like IoU's.
 A class absent from every true and predicted map is left out of the mean.
 
-``boundary.bf_convention=matlab`` computes the BF score as MATLAB's ``bfscore`` does in
-``evaluateSemanticSegmentation`` instead: the image border counts as boundary, predicted boundary
-pixels on void are kept, a ground-truth class that the prediction misses entirely is left out
-of the image's mean (NaN, not 0), and a pixel matches at a distance strictly below ``theta``.
+That is ``boundary.bf_convention=segbench``. ``segnet`` (the default) is the BF of SegNet's
+authors' script, BSDS's boundaries and one-to-one matching (:mod:`segbench.metrics.bf_segnet`).
+``matlab`` is MATLAB's ``bfscore`` as ``evaluateSemanticSegmentation`` uses it: the image border
+counts as boundary, predicted boundary pixels on void are kept, a ground-truth class that the
+prediction misses entirely is left out of the image's mean (NaN, not 0), and a pixel matches at
+a distance strictly below ``theta``.
 
 Both are exact and cost a few passes over the image, whatever the number of classes: the bands
 of every class at once are the pixels whose box is not uniform (two summed-area tables), and a
@@ -52,6 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from segbench.metrics.bf_match import matched
+from segbench.metrics.bf_segnet import segnet_bf
 from segbench.metrics.evaluator import EvalBatch, Figure, FigureResult, Totals
 
 __all__ = ["BoundaryFigures", "BoundaryOptions", "boundary_figures", "boundary_stats"]
@@ -59,7 +63,7 @@ __all__ = ["BoundaryFigures", "BoundaryOptions", "boundary_figures", "boundary_s
 
 # how the BF score treats the image border, void, a class the prediction misses and the
 # tolerance's edge (see the module docstring)
-BF_CONVENTIONS = ("segbench", "matlab")
+BF_CONVENTIONS = ("segnet", "segbench", "matlab")
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ class BoundaryOptions:
     enabled: bool = True
     bf_tolerance: float = 0.0075
     iou_dilation: float = 0.02
-    bf_convention: str = "segbench"
+    bf_convention: str = "segnet"
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -143,72 +147,6 @@ def _edges(labels: Tensor, border: bool = False) -> Tensor:
     return edge
 
 
-def _dy_order(r: int) -> list[int]:
-    return [0] + [s * dy for dy in range(1, r + 1) for s in (1, -1)]
-
-
-def _half_width(radius: float, dy: int, strict: bool) -> int:
-    """The largest ``dx >= 0`` with ``dx^2 + dy^2 <= radius^2`` (``< radius^2`` when
-    ``strict``); -1 when there is none."""
-    limit = radius * radius - dy * dy
-    if limit < 0 or (strict and limit <= 0):
-        return -1
-    half = int(math.floor(math.sqrt(limit)))
-    while (half + 1) ** 2 <= limit:  # floating-point sqrt, made exact
-        half += 1
-    while half >= 0 and (half * half > limit or (strict and half * half >= limit)):
-        half -= 1
-    return half
-
-
-def _matched(
-    query: Tensor,
-    query_label: Tensor,
-    mark: Tensor,
-    mark_label: Tensor,
-    radius: float,
-    k: int,
-    strict: bool = False,
-) -> Tensor:
-    """``(K,)`` int64: per class, how many ``query`` pixels lie within Euclidean distance
-    ``radius`` of a ``mark`` pixel of their own label (``< radius`` when ``strict``, else
-    ``<=``).
-
-    Args:
-        query, mark: ``(H, W)`` bool maps; ``query_label``, ``mark_label``: ``(H, W)`` labels.
-
-    Each mark is a sorted code ``(label, row, column)``. A disk is the union of its rows: for
-    each ``|dy| <= radius`` (nearest rows first; a query found is not looked up again) a
-    query looks for a mark of its label in the row segment ``|dx| <= sqrt(radius^2 - dy^2)``
-    with one binary search."""
-    h, w = query.shape
-    marks = (mark_label.long() * h * w + torch.arange(h * w, device=mark.device).view(h, w))[mark]
-    marks = marks.sort().values
-    if marks.numel() == 0:
-        return torch.zeros(k, dtype=torch.int64)
-    y, x = query.nonzero(as_tuple=True)
-    label = query_label[y, x].long()
-    hits = torch.zeros(k, dtype=torch.int64, device=query.device)
-    pending = torch.arange(y.numel(), device=y.device)
-    r = int(math.floor(radius))
-    for dy in _dy_order(r):
-        if pending.numel() == 0:
-            break
-        half = _half_width(radius, dy, strict)
-        if half < 0:
-            continue
-        yy = y[pending] + dy
-        xx = x[pending]
-        row = (label[pending] * h + yy) * w
-        lo = row + (xx - half).clamp_min(0)
-        hi = row + (xx + half).clamp_max(w - 1)
-        at = torch.searchsorted(marks, lo).clamp_max(marks.numel() - 1)
-        found = (marks[at] >= lo) & (marks[at] <= hi) & (yy >= 0) & (yy < h)
-        hits += torch.bincount(label[pending[found]], minlength=k)
-        pending = pending[~found]
-    return hits.cpu()
-
-
 def _image(
     pred: Tensor, target: Tensor, k: int, ignore_index: int | None, options: BoundaryOptions
 ) -> tuple[Tensor, Tensor]:
@@ -235,6 +173,10 @@ def _image(
     counts[0] = per_class(target, both)
     counts[1] = per_class(target, true_band) + per_class(pred, pred_band) - counts[0]
 
+    if options.bf_convention == "segnet":
+        f1 = segnet_bf(pred.cpu().numpy(), target.cpu().numpy(), k, options.bf_tolerance)
+        return torch.from_numpy(f1), counts
+
     # BF: each class of the ground truth, its boundary against the prediction's
     theta = options.bf_tolerance * diagonal
     matlab = options.bf_convention == "matlab"
@@ -243,8 +185,8 @@ def _image(
     if not matlab:  # MATLAB keeps the predicted boundary on void
         pred_edge &= valid
     true_n, pred_n = per_class(target, true_edge).double(), per_class(pred, pred_edge).double()
-    precision = _matched(pred_edge, pred, true_edge, target, theta, k, strict=matlab).double()
-    recall = _matched(true_edge, target, pred_edge, pred, theta, k, strict=matlab).double()
+    precision = matched(pred_edge, pred, true_edge, target, theta, k, strict=matlab).double()
+    recall = matched(true_edge, target, pred_edge, pred, theta, k, strict=matlab).double()
     precision = torch.where(pred_n > 0, precision / pred_n.clamp_min(1), 0.0)
     recall = torch.where(true_n > 0, recall / true_n.clamp_min(1), 0.0)
     total = precision + recall
@@ -296,15 +238,18 @@ def _mean(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
 
 
-def boundary_figures(bf: np.ndarray, counts: np.ndarray) -> dict:
+def boundary_figures(bf: np.ndarray, counts: np.ndarray, every_image: bool = False) -> dict:
     """The dataset's boundary figures from the per-image ``bf (N, K)`` and ``counts (N, 2, K)``
-    (see the module docstring); ``None`` where nothing defines a figure."""
+    (see the module docstring); ``None`` where nothing defines a figure. ``every_image``
+    (SegNet's convention): an image without a scored class counts as 0 in the dataset's mean."""
     bf = np.asarray(bf, dtype=np.float64)
     counts = np.asarray(counts, dtype=np.int64)
     k = bf.shape[1] if bf.ndim == 2 else 0
     per_image = np.array(
         [np.nan if np.isnan(row).all() else np.nanmean(row) for row in bf], dtype=np.float64
     )
+    if every_image:
+        per_image = np.nan_to_num(per_image, nan=0.0)
     per_class = [_mean(bf[:, c]) for c in range(k)]
     inter, union = counts.sum(axis=0) if counts.size else (np.zeros(k), np.zeros(k))
     iou = [float(i / u) if u > 0 else None for i, u in zip(inter, union)]
@@ -365,7 +310,11 @@ class BoundaryFigures(Figure):
                 },
                 notes=["BF, boundary IoU: boundary.enabled=false: not computed"],
             )
-        record = boundary_figures(totals.arrays["bf"], totals.arrays["boundary_counts"])
+        record = boundary_figures(
+            totals.arrays["bf"],
+            totals.arrays["boundary_counts"],
+            every_image=self.options.bf_convention == "segnet",
+        )
         record["bf_tolerance"] = self.options.bf_tolerance
         record["iou_dilation"] = self.options.iou_dilation
         record["bf_convention"] = self.options.bf_convention
