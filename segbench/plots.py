@@ -1,6 +1,7 @@
-"""Pictures of labels and results: colour-coded masks, overlays and side-by-side panels (numpy
-and PIL, cheap enough for every image), and the run-level figures (matplotlib): the
-confusion-matrix heatmap and the per-class IoU bar chart."""
+"""Pictures of labels and results: colour-coded masks, overlays (a mask blended over its image)
+and tiles side by side (numpy and PIL, cheap enough for every image), and the run-level figures
+(matplotlib): the confusion-matrix heatmap and the per-class IoU bar chart. The titled panels of
+predictions (image | ground truth | prediction | errors) are drawn by :mod:`segbench.panels`."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ __all__ = [
     "plot_curves",
     "plot_per_class_iou",
     "plot_reliability",
-    "prediction_grid",
     "save_palette_png",
 ]
 
@@ -253,21 +253,6 @@ def plot_time_curve(timeline: list[dict], path: Path, title: str = "") -> Path:
     ax.grid(alpha=0.3)
     ax.set_title(title or "validation mIoU against wall time", fontsize=10)
     return _save(fig, path, dpi=110)
-
-
-def prediction_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 4) -> np.ndarray:
-    """Panels (lists of same-height RGB tiles) stacked vertically, separated by white gaps;
-    narrower panels are padded on the right with white."""
-    panels = [panel(list(tiles), gap) for tiles in rows]
-    width = max(p.shape[1] for p in panels)
-    out = []
-    for i, p in enumerate(panels):
-        if p.shape[1] < width:
-            p = np.concatenate([p, np.full((p.shape[0], width - p.shape[1], 3), 255, np.uint8)], 1)
-        if i:
-            out.append(np.full((gap, width, 3), 255, dtype=np.uint8))
-        out.append(p)
-    return np.concatenate(out, axis=0)
 
 
 def plot_reliability(record: dict, path: Path, title: str = "") -> Path:

@@ -163,7 +163,7 @@ def test_a_run_on_cityscapes_reports_the_official_figures(tmp_path):
         f"data_root={data}",
         "dataset.eval_split=val",
         "callbacks.run_plots=null",
-        "callbacks.eval_outputs.overlays=0",
+        "callbacks.eval_outputs.panels=0",
         "callbacks.eval_outputs.plots=false",
         "callbacks.eval_outputs.predictions=true",
     ]

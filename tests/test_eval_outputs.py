@@ -1,5 +1,6 @@
 """What an evaluation leaves besides results.json: palette PNG predictions, uncertainty
-heatmaps, side-by-side overlays, the confusion-matrix heatmap and the per-class IoU chart."""
+heatmaps, the side-by-side panels (titled columns, legend, each image's id and mIoU), the
+confusion-matrix heatmap and the per-class IoU chart; and training's val_predictions.png."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from PIL import Image
 from segbench.engine.build import build_model
 from segbench.engine.callbacks import EvaluationOutputs
 from segbench.engine.run import evaluate
+from segbench.panels import GAP_IN, LABEL_IN, TILE_IN
 from segbench.plots import colorize, panel, plot_per_class_iou, save_palette_png
 from tests.conftest import compose_config
 
@@ -48,19 +50,28 @@ def test_saved_predictions_are_the_models_argmax_as_palette_pngs(trained_run, tm
         assert saved.mode == "P"  # indices, shown in the dataset's colours
         np.testing.assert_array_equal(np.array(saved), expected)
         assert saved.getpalette()[:6] == [c for rgb in dm.palette[:2] for c in rgb]
-    overlays = sorted((out / "overlays").glob("*.png"))
-    assert len(overlays) == 9  # fewer than the 16 asked for: all of them
-    with Image.open(overlays[0]) as im:
-        assert im.size == (3 * 64 + 2 * 4, 64)  # image | ground truth | prediction
+    panels = sorted((out / "panels").glob("*.png"))
+    assert len(panels) == 9  # fewer than the 16 asked for: all of them
+    assert [p.stem for p in panels] == sorted(Path(ds[i]["name"]).stem for i in range(9))
+    with Image.open(panels[0]) as im:
+        assert im.width == figure_width(4)  # image | ground truth | prediction | errors
+        assert im.height < im.width
+    assert not (out / "overlays").exists()  # one word: predict's blends are the overlays
     for plot in ("confusion_matrix.png", "per_class_iou.png"):
         with Image.open(out / plot) as im:
             assert im.width > 300 and im.height > 200
     assert not (out / "uncertainty").exists()  # FCN gives no uncertainty
 
 
+def figure_width(columns: int, dpi: int = 100) -> int:
+    """Pixel width of a panel figure of ``columns`` tiles (segbench.panels' layout)."""
+    return round((LABEL_IN + columns * TILE_IN + (columns - 1) * GAP_IN + 0.15) * dpi)
+
+
 def _fake_trainer(tmp_path: Path, rank: int = 0):
     dm = SimpleNamespace(
         palette=[[0, 0, 0], [255, 0, 0], [0, 0, 255]],
+        class_names=["bg", "red", "blue"],
         num_classes=3,
         ignore_index=255,
         name="toy",
@@ -70,7 +81,7 @@ def _fake_trainer(tmp_path: Path, rank: int = 0):
 
 
 def test_uncertainty_is_saved_next_to_each_prediction_and_in_the_panel(tmp_path):
-    cb = EvaluationOutputs(str(tmp_path), predictions=True, overlays=1, plots=False)
+    cb = EvaluationOutputs(str(tmp_path), predictions=True, panels=1, plots=False)
     trainer = _fake_trainer(tmp_path)
     cb.on_test_start(trainer, None)
     unc = torch.zeros(2, 4, 6)
@@ -91,10 +102,10 @@ def test_uncertainty_is_saved_next_to_each_prediction_and_in_the_panel(tmp_path)
     assert hottest == (1, 2) and heat[0, 0].sum() < heat[1, 2].sum()
     scales = json.loads((tmp_path / "uncertainty" / "scale.rank0.json").read_text())
     assert scales == pytest.approx({"img": 0.2, "img_2": 0.05})  # what each heatmap spans
-    panels = list((tmp_path / "overlays").iterdir())
-    assert len(panels) == 1  # overlays=1
+    panels = list((tmp_path / "panels").iterdir())
+    assert len(panels) == 1  # panels=1
     with Image.open(panels[0]) as im:
-        assert im.size == (4 * 6 + 3 * 4, 4)  # image | truth | prediction | uncertainty
+        assert im.width == figure_width(5)  # image | truth | prediction | errors | uncertainty
 
 
 def test_palette_png_round_trip_and_colours(tmp_path):
@@ -166,5 +177,173 @@ def test_a_training_run_draws_its_curves_and_validation_predictions(trained_run)
     with Image.open(trained_run / "curves.png") as im:
         assert im.width > 500
     with Image.open(trained_run / "val_predictions.png") as im:
-        # 8 validation images of 64x64, two batches of 4: image | truth | prediction each
-        assert im.size == (3 * 64 + 2 * 4, 8 * 64 + 7 * 4)
+        # the 8 validation images of debug=fast (all of them), 64x64: square tiles, 8 rows of
+        # image | truth | prediction | errors
+        assert im.width == figure_width(4)
+        assert im.height > 8 * TILE_IN * 100
+
+
+# --- the panels' content: titles, legend, ids, per-image mIoU; which images training shows ---
+
+CLASSES = ["sky", "road", "car", "tree"]
+PALETTE = [[128, 128, 128], [128, 64, 128], [64, 0, 128], [128, 128, 0]]
+
+
+def _row(name: str, seed: int, with_void: bool = True):
+    from segbench.panels import PanelRow
+
+    rng = np.random.default_rng(seed)
+    gt = np.zeros((12, 16), np.int64)
+    gt[:, 8:] = 1
+    if with_void:
+        gt[0] = 255
+    pred = gt.copy()
+    pred[pred == 255] = 0
+    pred[4:8, 2:6] = 2  # car where the ground truth has sky
+    return PanelRow(name, rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), gt, pred)
+
+
+def _texts(fig) -> list[str]:
+    texts = [t.get_text() for t in fig.texts]
+    texts += [ax.get_title() for ax in fig.axes]
+    return [t for t in texts if t]
+
+
+def test_a_panel_figure_titles_its_columns_and_rows_and_has_one_legend():
+    from segbench.panels import MIOU_NOTE, draw_panels, image_miou
+    from segbench.plots import _pyplot
+
+    rows = [_row("0016E5_07959", 0), _row("0016E5_08085", 1, with_void=False)]
+    fig = draw_panels(rows, CLASSES, PALETTE, ignore_index=255, title="camvid/val: epoch 2")
+    try:
+        titles = [ax.get_title() for ax in fig.axes]
+        # the column titles once, over the first row; no title over the second row's tiles
+        assert titles == ["image", "ground truth", "prediction", "errors"] + [""] * 4
+        texts = _texts(fig)
+        assert "camvid/val: epoch 2" in texts and MIOU_NOTE in texts
+        assert "void" in MIOU_NOTE and "ground truth or prediction" in MIOU_NOTE
+        for row in rows:
+            miou = image_miou(row.gt, row.pred, len(CLASSES), 255)
+            label = next(t for t in texts if t.startswith(row.id))
+            assert f"mIoU {100 * miou:.1f}%" in label
+        # sky, road and car are shown, tree is not: the legend names the classes shown, once
+        assert len(fig.legends) == 1
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert labels == ["sky", "road", "car", "void (ignored)", "predicted wrong"]
+        colours = [tuple(np.round(h.get_facecolor()[:3], 3)) for h in fig.legends[0].legend_handles]
+        assert colours[:3] == [tuple(np.round(np.asarray(c) / 255, 3)) for c in PALETTE[:3]]
+    finally:
+        _pyplot().close(fig)
+
+
+def test_the_errors_tile_marks_wrong_pixels_red_and_void_neutral():
+    from segbench.panels import ERROR_COLOUR, errors_map
+    from segbench.plots import IGNORE_COLOUR
+
+    row = _row("x", 0)
+    tile = errors_map(row.image, row.gt, row.pred, 255)
+    wrong = (row.gt != row.pred) & (row.gt != 255)
+    assert (tile[wrong] == ERROR_COLOUR).all() and wrong.sum() == 16
+    assert (tile[row.gt == 255] == IGNORE_COLOUR).all()  # void: neither right nor wrong
+    right = (row.gt == row.pred) & (row.gt != 255)
+    assert (tile[right][:, 0] == tile[right][:, 1]).all()  # the image, in grey
+    assert not np.isin(tile[right], [IGNORE_COLOUR, ERROR_COLOUR]).all(axis=-1).any()
+
+
+def test_a_panels_mIoU_is_the_per_image_mIoU_of_results_json():
+    """The same definition as per_image.summarize: classes in ground truth or prediction."""
+    from segbench.metrics.confusion import metrics_from_counts
+    from segbench.panels import image_miou
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        gt = rng.integers(0, 5, (20, 20))
+        gt[rng.random((20, 20)) < 0.2] = 255
+        pred = np.where(rng.random((20, 20)) < 0.6, gt, rng.integers(0, 5, (20, 20)))
+        pred[pred == 255] = 4
+        valid = gt != 255
+        g, p = gt[valid], pred[valid]
+        counts = [np.bincount(x, minlength=5) for x in (g[g == p], g, p)]
+        expected = metrics_from_counts(*map(torch.from_numpy, counts))["mIoU"].item()
+        assert image_miou(gt, pred, 5, 255) == pytest.approx(expected)
+    assert image_miou(np.full((2, 2), 255), np.zeros((2, 2), int), 5, 255) is None
+    # one class right, another predicted where it is absent: mean of 1/2 and 0 over 2 classes
+    gt, pred = np.array([[0, 0]]), np.array([[0, 1]])
+    assert image_miou(gt, pred, 3, 255) == pytest.approx(0.25)
+
+
+def test_validation_images_are_spread_over_the_split_and_seeded():
+    from segbench.panels import spread_indices
+
+    picked = spread_indices(101, 8, seed=0)
+    assert picked == spread_indices(101, 8, seed=0)  # the same images every time
+    assert picked != spread_indices(101, 8, seed=1)
+    edges = np.linspace(0, 101, 9).round().astype(int)
+    assert all(lo <= i < hi for i, lo, hi in zip(picked, edges[:-1], edges[1:]))
+    assert picked != list(range(8)) and max(picked) >= 88  # not the first frames
+    assert spread_indices(5, 8) == [0, 1, 2, 3, 4] and spread_indices(5, 0) == []
+
+
+def test_run_plots_draws_the_spread_images_with_their_ids(tmp_path, monkeypatch):
+    import segbench.panels
+    from segbench.engine.run_plots import RunPlots
+
+    samples = [
+        {
+            "image": torch.full((3, 8, 10), float(i)),
+            "mask": torch.full((8, 10), i % 3),
+            "name": f"/data/frames/f{i:03d}.png",
+        }
+        for i in range(40)
+    ]
+    dm = SimpleNamespace(
+        name="toy",
+        class_names=["a", "b", "c"],
+        num_classes=3,
+        palette=[[0, 0, 0], [255, 0, 0], [0, 0, 255]],
+        ignore_index=255,
+        dataset=lambda split: samples if split == "val" else None,
+        eval_transform=SimpleNamespace(denormalize=lambda x: x.clamp(0, 255).byte()),
+    )
+    trainer = SimpleNamespace(datamodule=dm, current_epoch=1)
+
+    class Net(torch.nn.Conv2d):  # a module with Lightning's ``device``
+        device = torch.device("cpu")
+
+    model = Net(3, 3, 1)
+    drawn = []
+    real = segbench.panels.save_panels
+    monkeypatch.setattr(
+        segbench.panels,
+        "save_panels",
+        lambda rows, *a, **k: drawn.append((rows, k)) or real(rows, *a, **k),
+    )
+    cb = RunPlots(str(tmp_path), num_images=4, seed=0)
+    cb._draw_predictions(trainer, model)
+    cb._draw_predictions(trainer, model)
+    (first, kwargs), (second, _) = drawn
+    ids = [r.id for r in first]
+    expected = [f"f{i:03d}" for i in segbench.panels.spread_indices(40, 4, 0)]
+    assert ids == expected == [r.id for r in second]  # the same images after each validation
+    assert ids != ["f000", "f001", "f002", "f003"]
+    assert "4 of 40 images, spread over the split (seed 0)" in kwargs["title"]
+    assert "after epoch 2" in kwargs["title"]
+    assert model.training  # put back in training mode
+    with Image.open(tmp_path / "val_predictions.png") as im:
+        assert im.width == figure_width(4)
+
+
+def test_the_old_overlays_key_is_taken_as_panels_with_a_warning(tmp_path):
+    from segbench.engine.resume import config_differences
+
+    with pytest.warns(FutureWarning, match="callbacks.eval_outputs.panels"):
+        cb = EvaluationOutputs(str(tmp_path), overlays=3)
+    assert cb.panels == 3
+    cfg = compose_config("evaluate", ["ckpt=x.ckpt", "callbacks.eval_outputs.overlays=0"], tmp_path)
+    with pytest.warns(FutureWarning, match="panels"):
+        assert instantiate(cfg.callbacks.eval_outputs).panels == 0
+    assert instantiate(compose_config("train", [], tmp_path).callbacks.eval_outputs).panels == 8
+    # a run checkpointed with the old key resumes: callbacks may differ
+    old = {"callbacks": {"eval_outputs": {"overlays": 8}}, "seed": 0}
+    new = {"callbacks": {"eval_outputs": {"panels": 8, "overlays": None}}, "seed": 0}
+    assert config_differences(old, new) == []

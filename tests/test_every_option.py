@@ -209,7 +209,7 @@ def _train_callbacks(res: dict, run_dir: Path) -> None:
 def _evaluation_callbacks(res: dict, run_dir: Path) -> None:
     for name in ("confusion_matrix.png", "per_class_iou.png"):  # eval_outputs
         assert (run_dir / name).is_file(), name
-    assert list((run_dir / "overlays").glob("*.png"))
+    assert list((run_dir / "panels").glob("*.png"))
 
 
 def _evaluation_in_training(res: dict, run_dir: Path) -> None:

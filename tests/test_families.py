@@ -31,7 +31,7 @@ def sweep(tmp_path_factory):
         # no pictures (a second or two per job; RunPlots and EvaluationOutputs have their own
         # tests): this sweep checks what every model writes in results.json
         "callbacks.run_plots=null",
-        "callbacks.eval_outputs.overlays=0",
+        "callbacks.eval_outputs.panels=0",
         "callbacks.eval_outputs.plots=false",
         f"hydra.sweep.dir={sweep_dir}",
         cwd=workdir,

@@ -179,7 +179,7 @@ def test_wandb_offline_run_has_config_curves_table_and_masks(tmp_path):
     assert any(p.startswith("media/images/mask/") for p in media), media  # mask overlays
     assert any(p.startswith("media/images/") and p.endswith(".png") for p in media), media
     # the final evaluation's pictures: heatmap, IoU chart, image | truth | prediction panels
-    for name in ("confusion_matrix", "per_class_iou", "overlays"):
+    for name in ("confusion_matrix", "per_class_iou", "panels"):
         assert any(name in p and p.endswith(".png") for p in media), (name, media)
     # the run log that `wandb sync` uploads holds the resolved config and the curves
     (history,) = offline.glob("*.wandb")

@@ -1,11 +1,15 @@
 """``segbench serve ckpt=PATH [port=8000] [host=127.0.0.1] [max_upload_mb=10] ...``: a web page
 and a JSON API around a checkpoint (FastAPI + uvicorn).
 
-- ``GET /``: a page where a person uploads or drops an image and sees it, the overlay, a legend
-  of class shares and (Bayesian SegNet) the uncertainty map; no external assets.
+- ``GET /``: a page where a person uploads or drops an image and sees it and the overlay side by
+  side at the page's width (the overlay's image part: its legend is the page's one table of the
+  classes predicted, with their shares of the pixels), and (Bayesian SegNet) the uncertainty map;
+  after a refused upload, only the error (no picture or caption of an earlier one); no external
+  assets.
 - ``POST /predict`` (multipart field ``file``): ``{classes_png, overlay_png, uncertainty_png?
-  (base64 PNGs; classes_png a palette PNG of the class indices), shares, width, height,
-  seconds (the network), total_seconds}``.
+  (base64 PNGs; classes_png a palette PNG of the class indices, overlay_png the image with the
+  prediction blended over it and a legend beside it, as ``predict``'s overlays), shares, width,
+  height, seconds (the network), total_seconds}``.
 - ``GET /health``, ``GET /model`` (:meth:`Predictor.info`: model, dataset, classes, palette and
   the figures of the checkpoint's ``results.json``).
 

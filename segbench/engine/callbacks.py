@@ -5,6 +5,7 @@ by :class:`~segbench.engine.run_plots.RunPlots`."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +114,10 @@ class EvaluationOutputs(pl.Callback):
     - ``uncertainty/<image>.png``: for models that give a per-pixel uncertainty (Bayesian
       SegNet's MC dropout), a heatmap of it next to each saved prediction (scaled to the
       image's maximum, which is written in ``uncertainty/scale.json``);
-    - ``overlays/<image>.png``: image | ground truth | prediction (| uncertainty) side by
-      side, for the first ``overlays`` images of each process (``-1``: all);
+    - ``panels/<image>.png``: image | ground truth | prediction | errors (| uncertainty) side
+      by side under titled columns, with the image's id, its own mIoU and the legend of the
+      classes it shows (:func:`segbench.panels.draw_panels`), for the first ``panels`` images
+      of each process (``-1``: all);
     - ``confusion_matrix.png``, ``per_class_iou.png`` and ``reliability.png`` (the
       calibration of the predicted probabilities: accuracy against confidence) for the split,
       when ``plots`` is on.
@@ -124,16 +127,31 @@ class EvaluationOutputs(pl.Callback):
     Args:
         dirpath: the run directory.
         predictions: save every prediction (and uncertainty) as a PNG.
-        overlays: how many side-by-side panels to save per process.
+        panels: how many side-by-side panels to save per process.
         plots: save the confusion-matrix heatmap and the per-class IoU bar chart.
+        overlays: the old name of ``panels``; taken for it, with a warning.
     """
 
     def __init__(
-        self, dirpath: str, predictions: bool = False, overlays: int = 16, plots: bool = True
+        self,
+        dirpath: str,
+        predictions: bool = False,
+        panels: int = 16,
+        plots: bool = True,
+        overlays: int | None = None,
     ) -> None:
+        if overlays is not None:
+            warnings.warn(
+                f"callbacks.eval_outputs.overlays={overlays}: the key is now "
+                f"callbacks.eval_outputs.panels (the pictures go to panels/); taken as "
+                f"panels={overlays}",
+                FutureWarning,
+                stacklevel=2,
+            )
+            panels = overlays
         self.dirpath = Path(dirpath)
         self.predictions = predictions
-        self.overlays = overlays
+        self.panels = panels
         self.plots = plots
         self._used: set[str] = set()
         self._panels: list[str] = []
@@ -153,17 +171,21 @@ class EvaluationOutputs(pl.Callback):
         self._used.add(unique)
         return unique
 
+    def _want_panel(self) -> bool:
+        return self.panels < 0 or len(self._panels) < self.panels
+
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        want_panels = self.overlays < 0 or len(self._panels) < self.overlays
-        if not (self.predictions or want_panels) or not isinstance(outputs, dict):
+        if not (self.predictions or self._want_panel()) or not isinstance(outputs, dict):
             return
-        from segbench.plots import colorize, default_palette, heatmap, panel, save_palette_png
+        from segbench.panels import PanelRow, save_panels
+        from segbench.plots import default_palette, heatmap, save_palette_png
 
         dm = trainer.datamodule
         palette = dm.palette or default_palette(dm.num_classes)
         preds = outputs["pred"].cpu().numpy()
         uncertainty = outputs.get("uncertainty")
         uncertainty = None if uncertainty is None else uncertainty.float().cpu().numpy()
+        split = getattr(pl_module, "eval_split", None) or "test"
         rgb = None
         for i, name in enumerate(batch["name"]):
             stem = self._stem(name)
@@ -176,20 +198,18 @@ class EvaluationOutputs(pl.Callback):
                     path = self.dirpath / "uncertainty" / f"{stem}.png"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(heatmap(unc)).save(path)
-            if self.overlays < 0 or len(self._panels) < self.overlays:
+            if self._want_panel():
                 if rgb is None:
                     rgb = dm.eval_transform.denormalize(batch["image"]).permute(0, 2, 3, 1).numpy()
-                gt = batch["mask"][i].cpu().numpy()
-                tiles = [
-                    rgb[i],
-                    colorize(gt, palette, dm.ignore_index),
-                    colorize(preds[i], palette, dm.ignore_index),
-                ]
-                if unc is not None:
-                    tiles.append(heatmap(unc))
-                path = self.dirpath / "overlays" / f"{stem}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(panel(tiles)).save(path)
+                row = PanelRow(stem, rgb[i], batch["mask"][i].cpu().numpy(), preds[i], unc)
+                path = save_panels(
+                    [row],
+                    list(dm.class_names),
+                    palette,
+                    self.dirpath / "panels" / f"{stem}.png",
+                    ignore_index=dm.ignore_index,
+                    title=f"{dm.name}/{split}: {stem}",
+                )
                 self._panels.append(str(path))
 
     def on_test_end(self, trainer, pl_module) -> None:
@@ -238,7 +258,7 @@ class EvaluationOutputs(pl.Callback):
 
             payload = {f"{split}/{k}": wandb.Image(v) for k, v in media.items()}
             if self._panels:
-                payload[f"{split}/overlays"] = [
+                payload[f"{split}/panels"] = [
                     wandb.Image(p, caption=Path(p).stem) for p in self._panels[:32]
                 ]
             for lg in loggers:

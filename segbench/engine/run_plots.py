@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
-from PIL import Image
 
 from segbench.engine.callbacks import wandb_loggers
 from segbench.inference import evaluating
@@ -23,8 +21,11 @@ class RunPlots(pl.Callback):
     (and logged to W&B at the end of training):
 
     - ``curves.png``: loss and mIoU per epoch, train and val;
-    - ``val_predictions.png``: the first ``num_images`` validation images, each as image |
-      ground truth | prediction of the current weights;
+    - ``val_predictions.png``: ``num_images`` validation images spread over the split (one
+      drawn from each of ``num_images`` equal stretches of it, with ``seed``: the same images
+      after every validation, in every run of the dataset), each as image | ground truth |
+      prediction of the current weights | errors, with its id and its own mIoU, and the class
+      legend once (:func:`segbench.panels.draw_panels`);
     - ``miou_vs_time.png``: validation mIoU against the wall time of training, from
       ``timeline.json`` (epoch, step, seconds since training started, val mIoU); kept apart
       from ``history.json``, which holds figures only and is identical between repeated runs.
@@ -35,18 +36,18 @@ class RunPlots(pl.Callback):
 
     Args:
         dirpath: the run directory.
-        num_images: validation images in the prediction grid.
+        num_images: validation images in ``val_predictions.png``.
+        seed: which ones (:func:`segbench.panels.spread_indices`).
     """
 
     KEYS = ("train/loss", "val/loss", "train/mIoU", "val/mIoU")
 
-    def __init__(self, dirpath: str, num_images: int = 8) -> None:
+    def __init__(self, dirpath: str, num_images: int = 8, seed: int = 0) -> None:
         self.dirpath = Path(dirpath)
         self.num_images = num_images
+        self.seed = seed
         self.history: list[dict] = []
         self.timeline: list[dict] = []
-        self._batch: dict | None = None
-        self._collecting = True  # during the first validation of this process
         self._wall_before = 0.0  # seconds of training before this process (a resumed run)
         self._fit_start: float | None = None
 
@@ -73,7 +74,6 @@ class RunPlots(pl.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        self._collecting = False
         self._record(trainer, trainer.current_epoch + 1, "val")
         miou = trainer.callback_metrics.get("val/mIoU")
         if miou is not None:
@@ -85,20 +85,8 @@ class RunPlots(pl.Callback):
                     "val/mIoU": float(miou),
                 }
             )
-        self._draw(trainer, pl_module)
-
-    def on_validation_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ):
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        have = 0 if self._batch is None else len(self._batch["image"])
-        if self._collecting and have < self.num_images:  # the same images every epoch
-            take = {k: batch[k][: self.num_images - have].detach().cpu() for k in ("image", "mask")}
-            if self._batch is None:
-                self._batch = take
-            else:
-                self._batch = {k: torch.cat([self._batch[k], take[k]]) for k in take}
+        self._draw(trainer)
+        self._draw_predictions(trainer, pl_module)
 
     def _record(self, trainer, epoch: int, split: str) -> None:
         """Put the ``split`` figures now in ``trainer.callback_metrics`` under ``epoch``."""
@@ -126,20 +114,15 @@ class RunPlots(pl.Callback):
         epoch = getattr(self, "_train_epoch", None)
         if epoch is not None and trainer.is_global_zero:
             self._record(trainer, epoch, "train")
-            self._draw(trainer, pl_module)
+            self._draw(trainer)
         self._train_epoch = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._flush_train(trainer, pl_module)
 
-    def _draw(self, trainer, pl_module) -> None:
-        from segbench.plots import (
-            colorize,
-            default_palette,
-            plot_curves,
-            plot_time_curve,
-            prediction_grid,
-        )
+    def _draw(self, trainer) -> None:
+        """``history.json``, ``curves.png`` and, with a timeline, ``miou_vs_time.png``."""
+        from segbench.plots import plot_curves, plot_time_curve
 
         dm = trainer.datamodule
         self.dirpath.mkdir(parents=True, exist_ok=True)
@@ -152,17 +135,46 @@ class RunPlots(pl.Callback):
                 self.dirpath / "miou_vs_time.png",
                 title=f"{dm.name}: validation mIoU against wall time",
             )
-        if self._batch is None:
+
+    def _draw_predictions(self, trainer, pl_module) -> None:
+        """``val_predictions.png``: the chosen validation images and the current predictions."""
+        from segbench.panels import PanelRow, save_panels, spread_indices
+        from segbench.plots import default_palette
+
+        dm = trainer.datamodule
+        ds = dm.dataset("val")
+        picked = spread_indices(len(ds), self.num_images, self.seed)
+        if not picked:
             return
-        palette = dm.palette or default_palette(dm.num_classes)
+        rows = []
         with evaluating(pl_module):
-            preds = class_map(pl_module(self._batch["image"].to(pl_module.device))).cpu().numpy()
-        rgb = dm.eval_transform.denormalize(self._batch["image"]).permute(0, 2, 3, 1).numpy()
-        rows = [
-            [rgb[i], colorize(gt, palette, dm.ignore_index), colorize(preds[i], palette)]
-            for i, gt in enumerate(self._batch["mask"].numpy())
-        ]
-        Image.fromarray(prediction_grid(rows)).save(self.dirpath / "val_predictions.png")
+            for index in picked:
+                sample = ds[index]
+                image = sample["image"][None]
+                pred = class_map(pl_module(image.to(pl_module.device)))[0].cpu().numpy()
+                rgb = dm.eval_transform.denormalize(image)[0].permute(1, 2, 0).numpy()
+                name = sample.get("name")
+                rows.append(
+                    PanelRow(
+                        Path(str(name)).stem if name else f"#{index}",
+                        rgb,
+                        sample["mask"].numpy(),
+                        pred,
+                    )
+                )
+        spread = (
+            f"all {len(ds)} images"
+            if len(picked) == len(ds)
+            else f"{len(picked)} of {len(ds)} images, spread over the split (seed {self.seed})"
+        )
+        save_panels(
+            rows,
+            list(dm.class_names),
+            dm.palette or default_palette(dm.num_classes),
+            self.dirpath / "val_predictions.png",
+            ignore_index=dm.ignore_index,
+            title=f"{dm.name}/val, {spread}: predictions after epoch {trainer.current_epoch + 1}",
+        )
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._flush_train(trainer, pl_module)
