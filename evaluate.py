@@ -1,19 +1,29 @@
 """Evaluate a checkpoint: ``python evaluate.py ckpt=outputs/train/.../checkpoints/best.ckpt``.
 
-Composes ``conf/evaluate.yaml``; the model and dataset come from the checkpoint.
+Composes ``conf/evaluate.yaml``; the model and dataset come from the checkpoint. Prints the
+result table (``verbose=true``: everything Lightning and W&B print); the same lines go to
+``<run dir>/evaluate.log``. A refused run prints why on stderr and exits with status 1.
 """
 
-import hydra
-from omegaconf import DictConfig
+import sys
 
-from segbench.engine.run import evaluate
+from segbench.report import prepare_console, run_app
+
+prepare_console(sys.argv[1:])  # before tqdm is imported
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from segbench.engine.console import run_console  # noqa: E402
+from segbench.engine.run import evaluate  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
-    results = evaluate(cfg)
+    with run_console(cfg, "evaluate"):
+        results = evaluate(cfg)
     return results["metrics"]["mIoU"] if "metrics" in results else None  # format_only: none
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main, "python evaluate.py")

@@ -1,28 +1,37 @@
 """Train a segmentation model: ``python train.py model=fcn8s backbone=resnet18 dataset=shapes``.
 
-Composes ``conf/train.yaml`` with Hydra; see README.md for the groups and options.
+Composes ``conf/train.yaml`` with Hydra; see README.md for the groups and options. Prints one
+line per epoch and the result table (``verbose=true``: everything Lightning prints, and the
+progress bar on a terminal); the same lines go to ``<run dir>/train.log``. A refused run prints
+why on stderr and exits with status 1 (``HYDRA_FULL_ERROR=1``: with its traceback).
 """
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
+from segbench.report import prepare_console, run_app
 
-from segbench.engine.resume import RunInterrupted
-from segbench.engine.run import train
+prepare_console(sys.argv[1:])  # before tqdm is imported
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from segbench.engine.console import run_console  # noqa: E402
+from segbench.engine.resume import RunInterrupted  # noqa: E402
+from segbench.engine.run import train  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        results = train(cfg)
-    except RunInterrupted as stop:  # SIGINT/SIGTERM: saved, with the command that resumes
-        print(f"\n{stop}", file=sys.stderr, flush=True)
-        sys.exit(128 + stop.signum)
+    with run_console(cfg, "train"):
+        try:
+            results = train(cfg)
+        except RunInterrupted as stop:  # SIGINT/SIGTERM: saved, with the command that resumes
+            print(f"\n{stop}", file=sys.stderr, flush=True)
+            sys.exit(128 + stop.signum)
     # what sweepers optimise (hydra/sweeper=search maximises it): the best validation mIoU,
     # never a test figure; None when no val/mIoU checkpoint was kept
     return results["best_val_mIoU"]
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main, "python train.py")

@@ -3,7 +3,9 @@
 Each verb is a module's ``main(argv) -> int``, imported only when the verb runs (so that
 ``segbench --help`` is instant). Verbs that compose ``conf/`` take the same ``group=option
 key=value`` overrides as ``train.py``. The exit status is the verb's: 0 when it succeeded,
-1 when it found problems (``check``) or failed, 2 for a usage error.
+1 when it found problems (``check``) or failed, 2 for a usage error. A failure that is the
+user's to fix (a missing file, a bad value, a misspelt key) prints one paragraph on stderr, no
+traceback (``HYDRA_FULL_ERROR=1``: with it, see :mod:`segbench.report`).
 """
 
 from __future__ import annotations
@@ -83,6 +85,19 @@ def main(argv: list[str] | None = None) -> int:
         if code is None or isinstance(code, int):
             return code or 0
         print(code, file=sys.stderr)  # sys.exit("message")
+        return 1
+    except Exception as err:  # a user error: its paragraph; a bug: its traceback
+        from segbench.report import full_errors, is_user_error, key_suggestion, message_of
+
+        if full_errors():
+            raise
+        if type(err).__name__ == "ConfigCompositionException":
+            print(key_suggestion(err, args, f"segbench {verb}"), file=sys.stderr)
+        elif is_user_error(err):
+            print(message_of(err), file=sys.stderr)
+            print("(HYDRA_FULL_ERROR=1 prints the traceback)", file=sys.stderr)
+        else:
+            raise
         return 1
     return int(status or 0)
 

@@ -191,7 +191,9 @@ def test_evaluate_cli_reports_a_bad_ckpt_before_building_anything(trained_run, t
     assert proc.returncode != 0
     assert expected in proc.stderr, proc.stderr[-3000:]
     assert EXPECTED_CHECKPOINT in proc.stderr
-    assert "segbench.checkpoints.errors.Checkpoint" in proc.stderr  # ours, not torch's KeyError
+    assert "Traceback" not in proc.stderr  # a message: the traceback is in the log file
+    log = (out / "evaluate.log").read_text()
+    assert "segbench.checkpoints.errors.Checkpoint" in log  # ours, not torch's KeyError
     assert "GPU available" not in proc.stderr + proc.stdout  # no trainer was built
     assert not (out / "results.json").exists()
 

@@ -101,7 +101,17 @@ def wandb_logger(
     """
     resolved = wandb_mode(mode)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(
+    if resolved != "online" and "settings" not in kwargs:
+        from segbench.engine.console import is_verbose
+
+        if not is_verbose():  # W&B's banner and summary only for a run it uploads
+            import wandb
+
+            kwargs["settings"] = wandb.Settings(silent=True)
+            if resolved == "offline":
+                runs = f"{save_dir}/wandb/offline-run-*"
+                print(f"W&B offline (no API key): upload with `wandb sync {runs}`", flush=True)
+    logger = WandbLogger(
         save_dir=save_dir,
         project=project,
         name=name,
@@ -109,3 +119,6 @@ def wandb_logger(
         mode=resolved,
         **kwargs,
     )
+    # Lightning passes anonymous=None, which W&B 0.31 warns has no effect: never set it
+    logger._wandb_init.pop("anonymous", None)
+    return logger

@@ -57,6 +57,7 @@ RESUMABLE_KEYS = (
     "evaluation",
     "dataset.figures",
     "reference",
+    "verbose",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
     "dataset.num_workers",
@@ -219,7 +220,7 @@ class RunState(pl.Callback):
     def _save(self, trainer) -> None:
         self._at_batch_start = True
         try:
-            trainer.save_checkpoint(self.last)
+            trainer.save_checkpoint(self.last, weights_only=False)
         finally:
             self._at_batch_start = False
         rank_zero_info(f"checkpoint: {self.last} (step {trainer.global_step})")
@@ -231,7 +232,7 @@ class RunState(pl.Callback):
         callback runs first, before the moving average is swapped in for good.)"""
         if trainer.interrupted or trainer.sanity_checking:
             return
-        trainer.save_checkpoint(self.last)
+        trainer.save_checkpoint(self.last, weights_only=False)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         if not self._at_batch_start:

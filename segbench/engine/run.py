@@ -50,7 +50,9 @@ from segbench.engine.build import (
     evaluation_task,
     resolve_class_weights,
 )
+from segbench.engine.console import trainer_config
 from segbench.engine.loggers import CSVLogger, end_wandb_run
+from segbench.engine.progress import attach
 from segbench.engine.resume import RunState, check_resume_config, resolve_resume
 from segbench.engine.rundir import release
 from segbench.engine.scoring import score, start_run
@@ -94,6 +96,7 @@ def _train(cfg: DictConfig) -> dict:
     dm = build_datamodule(cfg.dataset, splits, seed=cfg.seed)
     resolve_class_weights(cfg.loss, dm)
     config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("verbose", None)  # what the console shows: no part of the run
     state = {}
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path)
@@ -109,7 +112,8 @@ def _train(cfg: DictConfig) -> dict:
         rank_zero_info(f"resuming {ckpt_path}")
     task = build_task(cfg, dm, build_model(cfg.model), run_config=config)
     check_input_sizes(task.model, dm, splits)
-    trainer = build_trainer(cfg, task)
+    trainer = build_trainer(trainer_config(cfg), task)
+    attach(trainer)
     for lg in trainer.loggers:
         if isinstance(lg, CSVLogger) and ckpt_path is not None:
             rows = state.get("csv_rows") or {}
@@ -151,7 +155,8 @@ def _evaluate(cfg: DictConfig) -> dict:
     dm = build_datamodule(run_cfg.dataset, [split], seed=cfg.seed)
     task, speed = evaluation_task(cfg, run_cfg, state_dict, dm)
 
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(trainer_config(cfg))
+    attach(trainer)
     config = OmegaConf.to_container(
         OmegaConf.merge(
             run_cfg,
