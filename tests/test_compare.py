@@ -245,11 +245,13 @@ def test_leaderboard_intervals_instead_of_std(tmp_path):
     assert "mIoU_low" in header and "mIoU_high" in header
 
 
-def test_a_per_image_file_with_rows_moved_between_images_is_refused(tmp_path, capsys):
+def test_a_per_image_file_with_rows_moved_between_images_is_refused(tmp_path, capsys, monkeypatch):
     """Counts swapped between images keep every dataset figure (they are sums) but break the
     pairing: the digest results.json records catches it, and without one (an older run), the
     ground-truth pixels per class, which belong to the image whatever the model, do."""
     from segbench.metrics.per_image import counts_digest
+
+    monkeypatch.chdir(tmp_path)  # the default output: outputs/compare/a_vs_b.json
 
     rng = np.random.default_rng(5)
     a_counts, b_counts = _counts(rng, 30, 0.6), _counts(rng, 30, 0.7)
@@ -261,6 +263,8 @@ def test_a_per_image_file_with_rows_moved_between_images_is_refused(tmp_path, ca
     shuffled = a_counts[np.random.default_rng(0).permutation(30)]
     b = write_run(tmp_path / "b", b_counts, model="unet")
     assert _compare(capsys, a, b)[0] == 0  # as written: compares
+    assert (tmp_path / "outputs" / "compare" / "a_vs_b.json").is_file()
+    (tmp_path / "outputs" / "compare" / "a_vs_b.json").unlink()  # not what is tested below
     (a / PER_IMAGE_FILE).unlink()
     write_per_image(a / PER_IMAGE_FILE, ids, shuffled, CLASSES, "toy", "val")
     status, _, err = _compare(capsys, a, b)

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from segbench.bench.inference import main, run_benchmark
+from segbench.bench.inference import DEFAULT_ROUNDS, main, run_benchmark
 from segbench.engine.build import build_model
 from segbench.inference import Inference, sliding_windows
 from segbench.inference.crf import DenseCRF
@@ -423,7 +423,8 @@ def test_run_benchmark_times_every_mode_and_restores_the_model():
     rows = run_benchmark(model, torch.randn(1, 3, 16, 16))
     assert [r["mode"] for r in rows] == [*MODES, "MC dropout x3"]
     assert all(r["seconds"] > 0 for r in rows)
-    assert len(crf.calls) == 2  # only in the CRF row (warm-up + 1 image), its own CRF
+    assert len(crf.calls) == 1 + DEFAULT_ROUNDS  # only in the CRF row (warm-up + 1 image a
+    # round), its own CRF
     assert model.crf is crf and model.mc_samples == 3 and model.training
 
 

@@ -422,10 +422,11 @@ def test_broken_files_are_reported_by_path_and_skipped(sweep, tmp_path, capsys):
 
 
 def test_cli_on_a_multirun_dir_and_a_glob(sweep, tmp_path, monkeypatch, capsys):
-    assert main([str(sweep)]) == 0  # default output: the multirun directory itself
+    monkeypatch.chdir(tmp_path)
+    assert main([str(sweep)]) == 0  # default output: outputs/leaderboards/
     out = capsys.readouterr().out
     assert "### streets, test split (4 classes)" in out and "| method | n | mIoU |" in out
-    names = {p.name for p in sweep.glob("leaderboard_*")}
+    names = {p.name for p in (tmp_path / "outputs" / "leaderboards").glob("leaderboard_*")}
     assert names == {f"leaderboard_{d}.{ext}" for d in ("pets_val", "streets_test", "streets_val")
                      for ext in ("md", "csv", "tex", "html")}  # fmt: skip
     pattern = str(sweep / "*_pets")
@@ -438,9 +439,9 @@ def test_cli_on_a_multirun_dir_and_a_glob(sweep, tmp_path, monkeypatch, capsys):
     rows = list(csv.DictReader((tmp_path / "lb/leaderboard_pets_val.csv").open()))
     assert [r["method"] for r in rows] == ["fcn32s / vgg16", "segnet / vgg16"]
     assert float(rows[0]["iou_dog_mean"]) == pytest.approx(0.45)
-    monkeypatch.chdir(tmp_path)
-    assert main([str(sweep / "0_fcn8s_resnet18_streets" / "results.json")]) == 0
-    assert (tmp_path / "leaderboards/leaderboard_streets_test.html").exists()
+    one = str(sweep / "0_fcn8s_resnet18_streets" / "results.json")
+    assert main([one, "--out", "one"]) == 0
+    assert (tmp_path / "one/leaderboard_streets_test.html").exists()
     capsys.readouterr()
     assert main([str(sweep), "--classes", "road,sidewalk", "--dataset", "streets"]) == 2
     assert "'sidewalk'" in capsys.readouterr().err

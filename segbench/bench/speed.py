@@ -343,7 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--boundary-size", type=int, nargs=2, metavar=("H", "W"))
     parser.add_argument("--boundary-limit", type=int, metavar="N", help="the first N maps")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--out", default="bench.json", help="the JSON file written")
+    parser.add_argument(
+        "--out", help="the JSON file written (default: outputs/bench/<model>_<backbone>.json)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args, cfg = parse_verb_args(parser, argv)
     for name in ("batch", "steps", "repeats", "iters", "loop_steps"):
         if getattr(args, name) < 1:
@@ -354,11 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--boundary-labels needs --boundary-classes K (labels >= K are void)")
     if args.boundary_labels and not Path(args.boundary_labels).is_dir():
         parser.error(f"--boundary-labels {args.boundary_labels}: no such folder")
-    out = Path(args.out)
-    if out.exists():
-        parser.error(
-            f"--out {out} exists; name another file (an earlier result is never overwritten)"
-        )
+    out = Path(args.out or f"outputs/bench/{cfg.model.name}_{cfg.backbone.name}.json")
+    if out.exists() and not args.overwrite:
+        parser.error(f"{out} exists; pass --overwrite to replace it, or --out FILE")
     result = run(
         cfg,
         sections=args.sections,

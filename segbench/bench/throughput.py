@@ -12,6 +12,10 @@ Measures, in one run on this machine, three rates in images per second:
 ``loader / step`` above 1 means the loader produces images faster than a step consumes them;
 ``end-to-end / step`` is the share of the step rate that real training reaches. The step alone
 and end to end are measured in turns (``--rounds``), so that the machine's drift hits both.
+
+Each stage (opening and caching the split, building the model, the warm-up, each timed rate)
+prints a line to stderr when it starts and when it ends, with its time, and the timed ones a
+progress bar: on a CPU the whole takes minutes.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from hydra.utils import instantiate
+from tqdm.auto import tqdm
 
 from segbench.config import parse_verb_args, verb_parser
 from segbench.engine.build import build_model, resolve_class_weights
@@ -33,6 +40,24 @@ def _rate(images: int, seconds: float) -> float:
     return images / max(seconds, 1e-9)
 
 
+@contextmanager
+def _stage(text: str) -> Iterator[None]:
+    """``throughput: <text> ...`` on stderr now, and ``done in <s>`` when the block ends."""
+    print(f"throughput: {text} ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    yield
+    print(
+        f"throughput: {text}: done in {time.perf_counter() - start:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _bar(total: int, desc: str) -> tqdm:
+    """``range(total)`` with a progress bar on stderr."""
+    return tqdm(range(total), desc=desc, unit="batch", leave=False, file=sys.stderr)
+
+
 def _endless(loader):
     """The loader's batches, epoch after epoch."""
     while True:
@@ -42,12 +67,14 @@ def _endless(loader):
 def measure(cfg, batches: int = 20, warmup: int = 3, rounds: int = 1) -> dict:
     """The three rates of ``cfg`` (a composed ``conf/train.yaml``): the step alone and end to
     end measured in turns, ``rounds`` times of ``batches`` batches each, and their medians."""
-    dm = instantiate(cfg.dataset)
-    dm.setup("fit")
-    loader = dm.train_dataloader()
-    model = build_model(cfg.model)
-    resolve_class_weights(cfg.loss, dm)  # e.g. median_frequency: computed once, then cached
-    loss_fn = instantiate(cfg.loss)
+    with _stage(f"opening {cfg.dataset.name}/train (file checks, cache)"):
+        dm = instantiate(cfg.dataset)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+    with _stage(f"building {cfg.model.name}/{cfg.backbone.name} and the loss"):
+        model = build_model(cfg.model)
+        resolve_class_weights(cfg.loss, dm)  # e.g. median_frequency: computed once, then cached
+        loss_fn = instantiate(cfg.loss)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     model.train()
 
@@ -61,32 +88,38 @@ def measure(cfg, batches: int = 20, warmup: int = 3, rounds: int = 1) -> dict:
     # 1. the loader alone; the warm-up also drains the batches the workers prefetched while
     # starting, so that the timed ones are produced while we wait
     batches_in = _endless(loader)
-    for _ in range(warmup + loader.num_workers * (loader.prefetch_factor or 0)):
-        batch = next(batches_in)
-    start = time.perf_counter()
-    n = sum(len(next(batches_in)["image"]) for _ in range(batches))
-    loader_rate = _rate(n, time.perf_counter() - start)
+    drained = warmup + loader.num_workers * (loader.prefetch_factor or 0)
+    with _stage(f"starting {loader.num_workers} loader worker(s), {drained} batches untimed"):
+        for _ in _bar(drained, "loader warm-up"):
+            batch = next(batches_in)
+    with _stage(f"1/3 loader alone, {batches} batches"):
+        n, start = 0, time.perf_counter()
+        for _ in _bar(batches, "loader alone"):
+            n += len(next(batches_in)["image"])
+        loader_rate = _rate(n, time.perf_counter() - start)
     batches_in.close()  # its workers stop prefetching
 
     # 2 and 3 in turns, ``rounds`` times, so that the machine's drift hits both; the medians
     batches_in = _endless(loader)
-    step(next(batches_in))
-    for _ in range(warmup):
-        step(batch)
-    step_rates, fed_rates = [], []
-    for _ in range(rounds):
-        # 2. the step alone, on one batch in memory
-        start = time.perf_counter()
-        for _ in range(batches):
+    with _stage(f"training step warm-up, {warmup + 1} steps"):
+        step(next(batches_in))
+        for _ in range(warmup):
             step(batch)
-        step_rates.append(_rate(batches * len(batch["image"]), time.perf_counter() - start))
-        # 3. steps fed by the loader
-        n, start = 0, time.perf_counter()
-        for _ in range(batches):
-            b = next(batches_in)
-            step(b)
-            n += len(b["image"])
-        fed_rates.append(_rate(n, time.perf_counter() - start))
+    step_rates, fed_rates = [], []
+    for r in range(rounds):
+        with _stage(f"round {r + 1}/{rounds}: 2/3 step alone, 3/3 end to end, {batches} each"):
+            # 2. the step alone, on one batch in memory
+            start = time.perf_counter()
+            for _ in _bar(batches, "step alone"):
+                step(batch)
+            step_rates.append(_rate(batches * len(batch["image"]), time.perf_counter() - start))
+            # 3. steps fed by the loader
+            n, start = 0, time.perf_counter()
+            for _ in _bar(batches, "end to end"):
+                b = next(batches_in)
+                step(b)
+                n += len(b["image"])
+            fed_rates.append(_rate(n, time.perf_counter() - start))
     batches_in.close()
     step_rate, end_to_end = statistics.median(step_rates), statistics.median(fed_rates)
     return {

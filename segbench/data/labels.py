@@ -8,7 +8,35 @@ import numpy as np
 
 from segbench.data.errors import DataError
 
-__all__ = ["format_problems", "label_values", "sample_problems", "validate_sample"]
+__all__ = [
+    "LabelProblem",
+    "format_problems",
+    "ignore_suggestion",
+    "label_values",
+    "sample_problems",
+    "validate_sample",
+]
+
+
+class LabelProblem(str):
+    """The message of a sample whose labels lie outside ``[0, num_classes)``, which also
+    carries those values (``outside``) and whether the mask looks binary (0 and one value), so
+    that a list of problems can say which ``dataset.ignore_index`` would explain them all
+    (:func:`ignore_suggestion`)."""
+
+    outside: tuple[int, ...] = ()
+    binary: bool = False
+    num_classes: int = 0
+
+    def __new__(
+        cls, text: str, outside: tuple[int, ...], binary: bool, num_classes: int
+    ) -> LabelProblem:
+        problem = super().__new__(cls, text)
+        problem.outside, problem.binary, problem.num_classes = outside, binary, num_classes
+        return problem
+
+    def __reduce__(self):  # crosses process boundaries (loader workers) with its values
+        return (LabelProblem, (str(self), self.outside, self.binary, self.num_classes))
 
 
 def label_values(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,12 +89,37 @@ def sample_problems(
     values, _ = label_values(mask)
     bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_index)]
     if bad.size:
-        problems.append(
+        text = (
             f"{source}: label values {_values_text(bad.tolist())} lie outside "
             f"[0, {num_classes}) and are not the ignore index "
             f"({ignore_index}){_label_hint(values, num_classes) if hint is None else hint}"
         )
+        # a two-class mask of 0 and one other value: a foreground stored as 255, not a void
+        binary = num_classes <= 2 and len(values) == 2 and int(values[0]) == 0
+        problems.append(
+            LabelProblem(text, tuple(int(v) for v in bad.tolist()), binary, num_classes)
+        )
     return problems
+
+
+def ignore_suggestion(problems: list[str]) -> str | None:
+    """The override that explains every out-of-range label of ``problems`` when ONE value
+    accounts for all of them (CamVid's void 11 with ``num_classes=11`` and the default ignore
+    index 255): ``dataset.ignore_index=<value>``, in a sentence; ``None`` when several values
+    are out of range, none is, or two-class masks hold 0 and that value only (a foreground
+    stored as 255, not a void label)."""
+    labelled = [p for p in problems if isinstance(p, LabelProblem)]
+    outside = {v for p in labelled for v in p.outside}
+    if len(outside) != 1 or any(p.binary for p in labelled):
+        return None
+    value = outside.pop()
+    files = f"{len(labelled)} file{'s' if len(labelled) != 1 else ''}"
+    return (
+        f"every label outside [0, {labelled[0].num_classes}) is {value} ({files}): if {value} "
+        "marks pixels to ignore "
+        f"(void, unlabelled), run with dataset.ignore_index={value}; they are then left out of "
+        "the loss and of every figure"
+    )
 
 
 def _values_text(values: list[int], shown: int = 12) -> str:
@@ -92,7 +145,8 @@ def validate_sample(
     invalid."""
     problems = sample_problems(image_shape, mask, num_classes, ignore_index, source)
     if problems:
-        raise DataError(problems[0])
+        hint = ignore_suggestion(problems[:1])
+        raise DataError(problems[0] + (f"\n  {hint}" if hint else ""))
 
 
 def format_problems(where: str, problems: list[str], limit: int = 20, what: str = "problem") -> str:
@@ -102,4 +156,7 @@ def format_problems(where: str, problems: list[str], limit: int = 20, what: str 
     lines = [f"  {p}" for p in problems[:limit]]
     if len(problems) > limit:
         lines.append(f"  ... and {len(problems) - limit} more")
+    hint = ignore_suggestion(problems)
+    if hint:
+        lines.append(f"  {hint[0].upper()}{hint[1:]}")
     return "\n".join([head, *lines])

@@ -5,6 +5,7 @@ Every check that can fail on a config runs here, before any training starts.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -14,13 +15,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_info
 
-from segbench.checkpoints.loader import build_model
-from segbench.checkpoints.store import load_weights
+from segbench.checkpoints.loader import build_model, network_weights
+from segbench.checkpoints.store import CheckpointError, load_checkpoint, load_weights
 from segbench.data.datamodule import SegDataModule
 from segbench.data.stats import class_weights
 from segbench.engine.checkpointing import AtomicCheckpointIO
 from segbench.engine.ema import EMA
-from segbench.engine.resume import RunState
+from segbench.engine.resume import LAST, RunState, resolve_resume
 from segbench.engine.task import SegmentationTask
 from segbench.inference import Inference
 from segbench.metrics import Evaluator
@@ -34,6 +35,7 @@ __all__ = [
     "build_task",
     "build_trainer",
     "evaluation_task",
+    "init_from_checkpoint",
     "resolve_class_weights",
     "validation_inference",
 ]
@@ -131,9 +133,12 @@ def build_task(
             f"loss.ignore_index={loss.ignore_index} but dataset {dm.name!r} ignores "
             f"{dm.ignore_index}; leave it as ${{dataset.ignore_index}}"
         )
+    init = None
+    if run_config is not None and cfg.get("init_from") and not _resuming(cfg):  # training
+        init = init_from_checkpoint(model, str(cfg.init_from), dm.num_classes)
     task = instantiate(cfg.task)
     inference = instantiate(cfg.inference) if cfg.get("inference") else Inference()
-    return task(
+    built = task(
         model=model,
         loss=loss,
         optimizer=instantiate(cfg.optimizer) if cfg.get("optimizer") else None,
@@ -144,6 +149,99 @@ def build_task(
         val_inference=validation_inference(inference, cfg.get("val_inference")),
         fast=OmegaConf.to_container(cfg.fast) if cfg.get("fast") is not None else None,
     )
+    built.init_from = init  # stored in its checkpoints (segbench.init_from)
+    return built
+
+
+def _resuming(cfg: DictConfig) -> bool:
+    """Whether this training run resumes (``resume=``): its weights then come from the
+    checkpoint it resumes, and ``init_from`` is not applied (nor read)."""
+    resume = cfg.get("resume")
+    if resume in (None, ""):
+        return False
+    if resume == "auto":  # without the notice resolve_resume prints (the engine's call does)
+        return (Path(cfg.output_dir) / LAST).is_file()
+    return resolve_resume(resume, cfg.output_dir) is not None
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _class_dependent(old: tuple, new: tuple, old_k: int | None, new_k: int) -> bool:
+    """Whether a tensor of shape ``old`` (a network for ``old_k`` classes) becomes ``new`` for
+    ``new_k`` classes: every dimension that differs is ``a * K + b`` in both (the classifier's
+    ``K`` outputs, FCN's ``K -> K`` upsampling, GAN-seg's ``3 + K`` or ``3K`` inputs)."""
+    if old_k is None or old_k == new_k or len(old) != len(new):
+        return False
+    for o, n in zip(old, new):
+        if o == n:
+            continue
+        a, rest = divmod(o - n, old_k - new_k)
+        if rest or a < 1 or o - a * old_k < 0:
+            return False
+    return True
+
+
+def init_from_checkpoint(model: torch.nn.Module, path: str, num_classes: int) -> dict:
+    """Load the network weights of segbench checkpoint ``path`` into ``model`` (a new
+    training's network for ``num_classes`` classes): ``init_from=<ckpt>``.
+
+    Every tensor of the same name and shape is loaded. When the class count differs, the
+    tensors whose shape depends on it (the classifier: the head's, FCN's score layers, ...) keep
+    ``model``'s fresh initialisation, and are listed. Anything else is refused with its name: a
+    tensor the checkpoint lacks or has in excess, or of another shape for another reason. The
+    file is read weights-only (:func:`~segbench.checkpoints.store.load_checkpoint`: tensors and
+    plain containers, no code run). Returns what ``results.json`` and the checkpoints record:
+    ``path``, ``sha256``, the checkpoint's ``num_classes`` and the ``reinitialised`` tensors.
+    """
+    ckpt = load_checkpoint(path)
+    weights = network_weights(ckpt["state_dict"], path)
+    meta = ckpt.get("segbench") or {}
+    old_k = meta.get("num_classes")
+    trained = (meta.get("config") or {}).get("model") or {}
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    extra = [k for k in weights if k not in own]
+    differ = {k: (tuple(weights[k].shape), tuple(v.shape)) for k, v in own.items() if k in weights}
+    differ = {k: shapes for k, shapes in differ.items() if shapes[0] != shapes[1]}
+    head = [k for k, (o, n) in differ.items() if _class_dependent(o, n, old_k, num_classes)]
+    wrong = [f"{k}: {list(o)} in the checkpoint, {list(n)} here" for k, (o, n) in differ.items()]
+    wrong = [w for k, w in zip(differ, wrong) if k not in head]
+    if missing or extra or wrong:
+        lines = [f"  missing from the checkpoint: {k}" for k in missing[:10]]
+        lines += [f"  not in this model: {k}" for k in extra[:10]]
+        lines += [f"  another shape: {w}" for w in wrong[:10]]
+        count = len(missing) + len(extra) + len(wrong)
+        raise CheckpointError(
+            f"init_from={path}: the checkpoint's network ({trained.get('name', '?')}, "
+            f"{old_k} classes) does not fit this run's ({type(model).__name__}, {num_classes} "
+            f"classes) outside its class-dependent layers; {count} tensor(s) differ:\n"
+            + "\n".join(lines)
+            + "\nTrain the same model and backbone as the checkpoint (model=..., backbone=...)."
+        )
+    model.load_state_dict({k: v for k, v in weights.items() if k not in head}, strict=False)
+    record = {
+        "path": str(Path(path).resolve()),
+        "sha256": _sha256(path),
+        "num_classes": old_k,
+        "reinitialised": head,
+    }
+    rank_zero_info(
+        f"init_from {record['path']} (sha256 {record['sha256'][:12]}): "
+        f"{len(weights) - len(head)} of {len(own)} tensors loaded"
+    )
+    if head:
+        rank_zero_info(
+            f"init_from: {len(head)} class-dependent tensor(s) re-initialised for {num_classes} "
+            f"classes (the checkpoint has {old_k}), not loaded: "
+            + ", ".join(f"{k} {list(differ[k][0])}->{list(differ[k][1])}" for k in head)
+        )
+    return record
 
 
 def build_evaluator(cfg: DictConfig, dm: SegDataModule) -> Evaluator:

@@ -78,6 +78,9 @@ class SegmentationTask(pl.LightningModule):
     # read the finite-loss check every log_every_n_steps steps instead of every step (see
     # _check_finite); None: on accelerators only, where reading it costs a host sync
     defer_finite_checks: bool | None = None
+    # where the weights started (``init_from=``: path, sha256, re-initialised tensors), set by
+    # the engine; stored in checkpoints as ``segbench.init_from``
+    init_from: dict | None = None
 
     def __init__(
         self,
@@ -289,6 +292,7 @@ class SegmentationTask(pl.LightningModule):
             "config": self.run_config,
             "class_names": self.class_names,
             "num_classes": self.num_classes,
+            "init_from": self.init_from,
         }
         # what the epoch has accumulated so far (a checkpoint may be written mid-epoch), one
         # entry per DDP rank: each rank carries on with its own part

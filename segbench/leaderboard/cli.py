@@ -1,5 +1,7 @@
 """``segbench leaderboard PATHS...``: the leaderboards of ``results.json`` files (or of a W&B
-project's runs), printed as Markdown and written as Markdown, CSV, LaTeX and HTML.
+project's runs), printed as Markdown and written as Markdown, CSV, LaTeX and HTML, by default
+to ``outputs/leaderboards/leaderboard_<dataset>_<split>.<ext>``; an existing file is replaced
+only with ``--overwrite``.
 
 The ``segbench`` console command hands its ``leaderboard`` verb's arguments to :func:`main`;
 ``python -m segbench.leaderboard.cli`` runs it too.
@@ -10,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from segbench.leaderboard.build import DEFAULT_METRICS, METRIC_CHOICES, PRESETS
@@ -19,16 +20,10 @@ from segbench.leaderboard.render import FORMATS, to_markdown
 from segbench.leaderboard.uncertainty import SPREADS
 from segbench.results import RESULTS_FILE
 
-__all__ = ["main"]
+__all__ = ["DEFAULT_OUT", "main"]
 
-
-def _default_out(paths: Sequence[str]) -> Path:
-    """The multirun directory when exactly one is given, else ``./leaderboards``."""
-    if len(paths) == 1 and Path(paths[0]).is_dir():
-        path = Path(paths[0])
-        if (path / "multirun.yaml").exists() or any(path.glob(f"*/{RESULTS_FILE}")):
-            return path
-    return Path("leaderboards")
+# where the tables go without --out (a sweep writes its own into its multirun directory)
+DEFAULT_OUT = Path("outputs") / "leaderboards"
 
 
 def _csv_list(text: str | None) -> list[str] | None:
@@ -43,8 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("paths", nargs="*", help="run or multirun directories, results.json files, globs")
-    add("--out", help="output directory (default: the one multirun directory given, else "
-        "./leaderboards); leaderboard files there are overwritten")  # fmt: skip
+    add("--out", default=str(DEFAULT_OUT), help="output directory of the "
+        "leaderboard_<dataset>_<split>.<ext> files (default: %(default)s)")  # fmt: skip
+    add("--overwrite", action="store_true", help="replace files that exist (refused without)")
     add("--format", default=",".join(FORMATS), help="comma-separated: md,csv,tex,html")
     add("--metrics", default=",".join(DEFAULT_METRICS), help=f"of {','.join(METRIC_CHOICES)}")
     add("--classes", help="only these class columns (comma-separated; with --preset: add "
@@ -85,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns:
         0 when tables were written, 1 when no valid results were found, 2 when an option or
-        the input was refused (unknown format, metric or class; W&B runs that cannot be read).
+        the input was refused (unknown format, metric or class; W&B runs that cannot be read;
+        files that exist, without ``--overwrite``).
 
     Raises:
         SystemExit: from argparse: 0 after ``--help``, 2 on a usage error.
@@ -94,25 +91,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.paths) == bool(args.wandb_project):
         parser.error("give either PATHS or --wandb-project")
-    out = Path(args.out) if args.out else _default_out(args.paths)
+    out = Path(args.out)
     metrics = _csv_list(args.metrics)
     if args.preset:  # the preset's columns; --classes adds the class columns
         metrics = ["classes"] if args.classes else []
-    outcome = publish(
-        args.paths,
-        out,
-        _csv_list(args.format),
-        wandb_project=args.wandb_project,
-        datasets=_csv_list(args.dataset),
-        metrics=metrics,
-        classes=_csv_list(args.classes),
-        percent=not args.fraction,
-        merge_seeds=not args.no_merge,
-        spread=args.spread,
-        alpha=None if args.no_significance else args.alpha,
-        write_empty=False,
-        preset=args.preset,
-    )
+    try:
+        outcome = publish(
+            args.paths,
+            out,
+            _csv_list(args.format),
+            wandb_project=args.wandb_project,
+            datasets=_csv_list(args.dataset),
+            metrics=metrics,
+            classes=_csv_list(args.classes),
+            percent=not args.fraction,
+            merge_seeds=not args.no_merge,
+            spread=args.spread,
+            alpha=None if args.no_significance else args.alpha,
+            write_empty=False,
+            preset=args.preset,
+            overwrite=args.overwrite,
+        )
+    except FileExistsError as err:  # nothing written
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if outcome.error is not None:
         print(f"error: {outcome.error}", file=sys.stderr)
         return 2

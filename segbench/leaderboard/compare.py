@@ -7,13 +7,16 @@ their ``per_image.npz``). For mIoU, pixel accuracy, mean accuracy and every clas
 reports Δ = A − B (each side's figure the mean over its runs), a 95 % interval of Δ from a
 paired bootstrap over images, and a two-sided p-value from a paired sign-flip test over images;
 the per-class p-values are also Holm-adjusted over the classes (:mod:`segbench.significance`).
-It prints a table and writes the whole comparison as JSON.
+It prints a table and writes the whole comparison as JSON, by default to
+``outputs/compare/<A>_vs_<B>.json`` (each side named by its directory); an existing file is
+replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -21,9 +24,31 @@ from segbench.leaderboard.paired import ComparisonError, RunSet, check_comparabl
 from segbench.leaderboard.records import collect
 from segbench.significance import paired_comparison, spread
 
-__all__ = ["compare", "format_comparison", "main"]
+__all__ = ["compare", "default_out", "format_comparison", "main"]
 
+# where the JSON goes without --out
+OUT_DIR = Path("outputs") / "compare"
 LABELS = {"mIoU": "mIoU", "pixel_acc": "pixel acc", "mean_acc": "mean acc"}
+
+
+def _name(side: str) -> str:
+    """A side as a file name: its run or multirun directory's name (a results.json: its run's;
+    a glob: its directory's and the pattern, ``*`` read as ``all``: ``seeds-all``), only
+    letters, digits and ``._-`` kept."""
+    path = Path(side)
+    if path.name == "results.json":
+        path = path.parent
+    parts = [p for p in path.parts if p not in ("", ".", "/")]
+    wild = [i for i, p in enumerate(parts) if any(c in p for c in "*?[")]
+    if wild:  # the directory holding the pattern, and the pattern
+        parts = parts[max(0, wild[0] - 1) : wild[0] + 1]
+    name = "-".join(parts[-2:] if wild else parts[-1:]).replace("*", "all") or "run"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "run"
+
+
+def default_out(a: str, b: str) -> Path:
+    """``outputs/compare/<A>_vs_<B>.json``."""
+    return OUT_DIR / f"{_name(a)}_vs_{_name(b)}.json"
 
 
 def _side(path: str) -> RunSet:
@@ -160,7 +185,8 @@ def _parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("a", help="A: a run directory, results.json, directory of seeds, or quoted glob")
     add("b", help="B: the same for the other configuration")
-    add("--out", default="comparison.json", help="JSON file written (default: %(default)s)")
+    add("--out", help=f"JSON file written (default: {OUT_DIR}/<A>_vs_<B>.json)")
+    add("--overwrite", action="store_true", help="replace the file if it exists (refused without)")
     add("--resamples", type=int, default=1000, help="bootstrap resamples (%(default)s)")
     add("--permutations", type=int, default=10000, help="sign-flip permutations (%(default)s)")
     add("--seed", type=int, default=0, help="seed of the resampling (%(default)s)")
@@ -170,8 +196,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``segbench compare``: 0 when compared, 2 when the runs cannot be compared."""
+    """``segbench compare``: 0 when compared, 2 when the runs cannot be compared or the output
+    file exists (without ``--overwrite``)."""
     args = _parser().parse_args(argv)
+    out = Path(args.out) if args.out else default_out(args.a, args.b)
+    if out.exists() and not args.overwrite:  # refused before the minutes of resampling
+        print(
+            f"error: {out} exists; pass --overwrite to replace it, or --out FILE to write "
+            "elsewhere",
+            file=sys.stderr,
+        )
+        return 2
     try:
         result = compare(
             args.a,
@@ -186,7 +221,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_comparison(result))
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     print(f"written: {out}")

@@ -28,24 +28,32 @@ __all__ = ["Outcome", "publish", "write_leaderboards", "write_tables"]
 
 
 def write_tables(
-    boards: Sequence[Leaderboard], out_dir: str | Path, formats: Sequence[str] = FORMATS
+    boards: Sequence[Leaderboard],
+    out_dir: str | Path,
+    formats: Sequence[str] = FORMATS,
+    overwrite: bool = True,
 ) -> list[Path]:
-    """Write each table to ``<out_dir>/<board.name>.<ext>``, overwriting (derived files).
+    """Write each table to ``<out_dir>/<board.name>.<ext>``.
 
     Args:
         boards: the tables.
         out_dir: output directory, created when missing.
         formats: any of ``md``, ``csv``, ``tex``, ``html``.
+        overwrite: replace existing files (the sweep's own tables, rewritten after each
+            multirun); ``False``: raise :class:`FileExistsError` naming them, before writing any.
     """
     formats = check_names("format", formats, FORMATS)
+    paths = [(Path(out_dir) / f"{b.name}.{fmt}", b, fmt) for b in boards for fmt in formats]
+    existing = [str(path) for path, _, _ in paths if path.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{len(existing)} file(s) exist: {', '.join(existing)}; pass --overwrite to replace "
+            "them, or --out DIR to write elsewhere"
+        )
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    written = []
-    for board in boards:
-        for fmt in formats:
-            path = Path(out_dir) / f"{board.name}.{fmt}"
-            path.write_text(RENDERERS[fmt](board), encoding="utf-8")
-            written.append(path)
-    return written
+    for path, board, fmt in paths:
+        path.write_text(RENDERERS[fmt](board), encoding="utf-8")
+    return [path for path, _, _ in paths]
 
 
 @dataclass
@@ -106,13 +114,14 @@ def publish(
     alpha: float | None = 0.05,
     write_empty: bool = True,
     preset: str | None = None,
+    overwrite: bool = True,
 ) -> Outcome:
     """Collect, filter, build, warn, write: the leaderboards of ``paths`` (or of a W&B project)
     as files in ``out_dir``; each problem is printed to stderr as ``warning: ...``.
 
     Args:
         paths: run directories, multirun directories, ``results.json`` files or globs.
-        out_dir: where ``leaderboard_<dataset>_<split>.<ext>`` go (overwritten).
+        out_dir: where ``leaderboard_<dataset>_<split>.<ext>`` go.
         formats: any of ``md``, ``csv``, ``tex``, ``html``.
         wandb_project: ``ENTITY/PROJECT``: read its finished W&B runs instead of ``paths``.
         datasets: keep only these datasets' records.
@@ -127,6 +136,7 @@ def publish(
         write_empty: when there is no table, still call :func:`write_tables` (which creates
             ``out_dir``); else nothing is written then.
         preset: as in :func:`~segbench.leaderboard.build.build_tables`.
+        overwrite: as in :func:`write_tables` (``False``: :class:`FileExistsError`).
 
     Returns:
         The tables and files; a refused input is returned as :attr:`Outcome.error`, not raised,
@@ -150,7 +160,7 @@ def publish(
         print(f"warning: {problem}", file=sys.stderr)
     if not boards and not write_empty:
         return Outcome(boards)
-    return Outcome(boards, write_tables(boards, out_dir, formats))
+    return Outcome(boards, write_tables(boards, out_dir, formats, overwrite))
 
 
 def write_leaderboards(
@@ -170,7 +180,7 @@ def write_leaderboards(
 
     Args:
         paths: run directories, multirun directories, ``results.json`` files or globs.
-        out_dir: where ``leaderboard_<dataset>_<split>.<ext>`` go (overwritten).
+        out_dir: where ``leaderboard_<dataset>_<split>.<ext>`` go.
         formats: any of ``md``, ``csv``, ``tex``, ``html``.
         metrics: as in :func:`~segbench.leaderboard.build.build_tables`.
         classes: as in :func:`~segbench.leaderboard.build.build_tables`.
