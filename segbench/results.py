@@ -1,4 +1,5 @@
-"""``results.json``: the one file per run that leaderboards are built from (schema in README)."""
+"""``results.json``: the one file per run that leaderboards are built from (its schema:
+docs/reference/results-json.md)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segbench import __version__
-from segbench.metrics.evaluator import SUMMARY_KEYS, EvaluationRecord
+
+if TYPE_CHECKING:  # torch stays unimported for the readers of results.json (leaderboards)
+    from segbench.metrics.evaluator import EvaluationRecord
 
 __all__ = [
     "RESULTS_FILE",
@@ -106,6 +110,8 @@ def build_results(
     per_class = lambda key: {  # noqa: E731
         name: _nan_to_none(v) for name, v in zip(names, evaluation.per_class[key])
     }
+    from segbench.metrics.evaluator import SUMMARY_KEYS
+
     metrics = {key: _nan_to_none(evaluation.summary[key]) for key in SUMMARY_KEYS}
     metrics.update(
         per_class_iou=per_class("iou"),

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from segbench.leaderboard.build import configuration_key
-from segbench.metrics.per_image import counts_digest, read_per_image
 
 __all__ = ["ComparisonError", "RunSet", "check_comparable", "load_runs", "per_image_path"]
 
@@ -109,6 +108,8 @@ def load_runs(records: Sequence[dict], label: str, *, same_configuration: bool =
             not exist, is not one, or does not reproduce the record's mIoU); runs of different
             configurations, datasets, splits or classes; runs evaluated on different images.
     """
+    from segbench.metrics.per_image import counts_digest, read_per_image
+
     if not records:
         raise ComparisonError(f"{label}: no results.json found")
     first = records[0]

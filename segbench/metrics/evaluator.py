@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from segbench.metrics.confusion import ConfusionMatrix, class_map
+from segbench.metrics.confusion import class_map
+from segbench.metrics.matrix import ConfusionMatrix
 from segbench.metrics.per_image import PerImageRecorder, image_counts
 
 __all__ = [
