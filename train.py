@@ -15,13 +15,17 @@ prepare_console(sys.argv[1:])  # before tqdm is imported
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from segbench.config import register_resolvers  # noqa: E402
 from segbench.engine.console import run_console  # noqa: E402
-from segbench.engine.resume import RunInterrupted  # noqa: E402
-from segbench.engine.run import train  # noqa: E402
+
+register_resolvers()  # before Hydra composes conf/; torch and Lightning wait for main()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from segbench.engine.resume import RunInterrupted
+    from segbench.engine.run import train
+
     with run_console(cfg, "train"):
         try:
             results = train(cfg)
