@@ -111,6 +111,7 @@ def test_evaluate_with_offline_wandb_is_quiet(quiet_run, tmp_path):
     assert re.search(rf"^{STAMP}evaluating on test: 1 batch$", log, re.M), log
 
 
+@pytest.mark.slow  # a command-line run of its own (10-20 s)
 def test_verbose_true_brings_lightning_back(quiet_run, tmp_path):
     run_dir, _ = quiet_run
     out = tmp_path / "eval"
@@ -149,6 +150,7 @@ def test_missing_data_root_is_one_paragraph_and_its_traceback_is_logged(tmp_path
     assert re.search(rf"^{STAMP}Error: CamVid root", log, re.M)
 
 
+@pytest.mark.slow  # a command-line run of its own (10-20 s)
 def test_hydra_full_error_prints_the_traceback(tmp_path):
     proc = run_cli(
         "train.py",
@@ -177,6 +179,7 @@ def test_trainer_gpu_without_cuda_is_refused_before_any_data_is_read(tmp_path):
     assert "cached" not in proc.stdout + proc.stderr  # no split was opened
 
 
+@pytest.mark.slow  # a command-line run of its own (10-20 s)
 def test_unset_num_classes_gives_the_fix(tmp_path):
     proc = run_cli(
         "train.py",
@@ -200,6 +203,7 @@ def test_misspelt_key_names_the_nearest_key_and_the_corrected_command(tmp_path):
     assert not (tmp_path / "outputs").exists()  # refused before any run directory
 
 
+@pytest.mark.slow  # a command-line run of its own (10-20 s)
 def test_misspelt_key_in_a_sweep(tmp_path):
     proc = run_cli(
         "train.py",
@@ -214,6 +218,7 @@ def test_misspelt_key_in_a_sweep(tmp_path):
     assert "python train.py -m debug=fast optimizer.lr=0.1,0.2 hydra.sweep.dir=" in err
 
 
+@pytest.mark.slow  # a command-line run of its own (10-20 s)
 def test_a_failed_sweep_job_is_a_paragraph_and_the_other_jobs_run(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
@@ -232,6 +237,7 @@ def test_a_failed_sweep_job_is_a_paragraph_and_the_other_jobs_run(tmp_path):
         assert "FileNotFoundError" in (sweep / job / "train.log").read_text()
 
 
+@pytest.mark.slow  # a command-line run of its own (10-20 s)
 def test_evaluate_missing_checkpoint_and_missing_ckpt_key(tmp_path):
     proc = run_cli("evaluate.py", "ckpt=missing.ckpt", "logger=csv", cwd=tmp_path, check=False)
     _refused(proc, "Error: checkpoint 'missing.ckpt' does not exist")

@@ -145,6 +145,7 @@ def test_init_from_a_different_network_is_refused_naming_the_tensor(trained_run,
         _task(tmp_path / "b", ["debug=fast", f"init_from={changed}"])
 
 
+@pytest.mark.slow  # a command-line training (12 s); init_from itself is tested in-process above
 def test_fine_tuning_run_records_its_starting_checkpoint(trained_run, tmp_path):
     ckpt = trained_run / "checkpoints" / "best.ckpt"
     root = void_dataset(tmp_path / "mine")

@@ -101,6 +101,7 @@ class PixelCost(nn.Module):
         return {"out": self.conv(x)}
 
 
+@pytest.mark.slow  # times five rounds of every mode (10 s)
 def test_inference_bench_ranks_modes_by_their_passes_despite_first_call_costs():
     rows = {r["mode"]: r for r in run_benchmark(PixelCost(), torch.randn(2, 3, 64, 64))}
     # slower than one pass by about their pixel counts (ms: 0.75² + 1 + 1.25² = 3.1 passes);
