@@ -18,13 +18,23 @@ from omegaconf import DictConfig  # noqa: E402
 from segbench.config import register_resolvers  # noqa: E402
 from segbench.engine.console import run_console  # noqa: E402
 
-register_resolvers()  # before Hydra composes conf/; torch and Lightning wait for main()
+register_resolvers()  # before Hydra composes conf/
+if not {"-h", "--help", "--hydra-help", "--info", "-c", "--cfg"} & set(sys.argv[1:]):
+    # a run: Lightning imported before Hydra sets up logging keeps its own plain console
+    # handler (its lines print as they always have); --help and --cfg skip torch entirely
+    import pytorch_lightning  # noqa: E402, F401
+
+
+def train(cfg: DictConfig) -> dict:
+    """:func:`segbench.engine.run.train`, imported when a run starts (not for ``--help``)."""
+    from segbench.engine.run import train as run
+
+    return run(cfg)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from segbench.engine.resume import RunInterrupted
-    from segbench.engine.run import train
 
     with run_console(cfg, "train"):
         try:

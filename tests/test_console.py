@@ -64,6 +64,9 @@ def test_train_prints_one_line_per_epoch_and_the_table(quiet_run):
     assert re.search(rf"^{EPOCH.format(n=2)}$", proc.stdout, re.M), proc.stdout
     assert re.search(r"^mIoU +\d+\.\d\d$", proc.stdout, re.M)
     assert f"results written to {run_dir / 'results.json'}" in proc.stdout
+    # Lightning's lines print plain, not in Hydra's log format (its handler is its own)
+    assert not re.search(r"^\[\d{4}-\d\d-\d\d [\d:,]+\]\[", out, re.M), out
+    assert re.search(r"^run directory: ", out, re.M), out
 
 
 def test_train_log_has_the_same_lines_with_timestamps(quiet_run):

@@ -54,8 +54,8 @@ from segbench.bench.timing import (
     sync,
     timed,
 )
+from segbench.checkpoints.loader import build_model
 from segbench.config import parse_verb_args, verb_parser
-from segbench.engine.build import build_model
 
 __all__ = ["VARIANTS", "main", "peer_model", "run"]
 
