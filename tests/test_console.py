@@ -88,6 +88,7 @@ def test_the_recorded_config_has_no_verbose_key(quiet_run):
     assert "verbose" not in config and config["trainer"]["max_epochs"] == 2
 
 
+@pytest.mark.slow  # a command-line evaluation of its own (14 s)
 def test_evaluate_with_offline_wandb_is_quiet(quiet_run, tmp_path):
     run_dir, _ = quiet_run
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}  # W&B's defaults
