@@ -40,6 +40,24 @@ def synthetic_labels(k: int, size: tuple[int, int], seed: int = 0) -> tuple[torc
     return pred[None], target[None]
 
 
+def _time(pairs, k: int, ignore: int, convention: str, repeats: int) -> tuple[float, float]:
+    """Seconds per image of the boundary figures in ``convention`` and of the pixel counts over
+    ``pairs`` of ``(pred, target)``: the median of ``repeats`` rounds."""
+    chosen = BoundaryOptions(bf_convention=convention)
+    ours, counts = [], []
+    for _ in range(repeats):
+        ours.append(0.0)
+        counts.append(0.0)
+        for pred, target in pairs:
+            start = time.perf_counter()
+            boundary_stats(pred, target, k, ignore, chosen)
+            ours[-1] += (time.perf_counter() - start) / len(pairs)
+            start = time.perf_counter()
+            image_counts(pred, target, k, ignore)
+            counts[-1] += (time.perf_counter() - start) / len(pairs)
+    return statistics.median(ours), statistics.median(counts)
+
+
 def bench_boundary(
     cases: tuple[tuple[tuple[int, int], int], ...] = (((360, 480), 11), ((1024, 2048), 19)),
     repeats: int = 3,
@@ -52,23 +70,15 @@ def bench_boundary(
     for size, k in cases:
         pred, target = synthetic_labels(k, size)
         for convention in conventions:
-            chosen = BoundaryOptions(bf_convention=convention)
-            ours, counts = [], []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                boundary_stats(pred, target, k, IGNORE, chosen)
-                ours.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                image_counts(pred, target, k, IGNORE)
-                counts.append(time.perf_counter() - start)
+            ours, counts = _time([(pred, target)], k, IGNORE, convention, repeats)
             rows.append(
                 {
                     "size": list(size),
                     "classes": k,
                     "bf_convention": convention,
-                    "boundary_s": statistics.median(ours),
-                    "counts_s": statistics.median(counts),
-                    "ratio": statistics.median(ours) / statistics.median(counts),
+                    "boundary_s": ours,
+                    "counts_s": counts,
+                    "ratio": ours / counts,
                 }
             )
     return {
@@ -111,23 +121,15 @@ def bench_boundary_labels(
         pairs.append((pred[None], target[None]))
     rows = []
     for convention in conventions:
-        chosen = BoundaryOptions(bf_convention=convention)
-        ours = counts = 0.0
-        for pred, target in pairs:
-            start = time.perf_counter()
-            boundary_stats(pred, target, k, k, chosen)
-            ours += time.perf_counter() - start
-            start = time.perf_counter()
-            image_counts(pred, target, k, k)
-            counts += time.perf_counter() - start
+        ours, counts = _time(pairs, k, k, convention, 1)
         rows.append(
             {
                 "size": list(pairs[0][1].shape[-2:]),
                 "classes": k,
                 "bf_convention": convention,
                 "images": len(pairs),
-                "boundary_s": ours / len(pairs),
-                "counts_s": counts / len(pairs),
+                "boundary_s": ours,
+                "counts_s": counts,
                 "ratio": ours / counts,
             }
         )

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 
 from segbench.engine.callbacks import wandb_loggers
 from segbench.inference import evaluating
@@ -46,6 +47,7 @@ class RunPlots(pl.Callback):
         self.dirpath = Path(dirpath)
         self.num_images = num_images
         self.seed = seed
+        self._samples: list[dict] | None = None  # the validation images drawn, once read
         self.history: list[dict] = []
         self.timeline: list[dict] = []
         self._wall_before = 0.0  # seconds of training before this process (a resumed run)
@@ -146,22 +148,30 @@ class RunPlots(pl.Callback):
         picked = spread_indices(len(ds), self.num_images, self.seed)
         if not picked:
             return
-        rows = []
+        if self._samples is None:  # the same images every validation: read and decoded once
+            self._samples = [ds[index] for index in picked]
+        images = [sample["image"] for sample in self._samples]
         with evaluating(pl_module):
-            for index in picked:
-                sample = ds[index]
-                image = sample["image"][None]
-                pred = class_map(pl_module(image.to(pl_module.device)))[0].cpu().numpy()
-                rgb = dm.eval_transform.denormalize(image)[0].permute(1, 2, 0).numpy()
-                name = sample.get("name")
-                rows.append(
-                    PanelRow(
-                        Path(str(name)).stem if name else f"#{index}",
-                        rgb,
-                        sample["mask"].numpy(),
-                        pred,
-                    )
+            if len({tuple(image.shape) for image in images}) == 1:  # one batch
+                batch = torch.stack(images).to(pl_module.device)
+                preds = list(class_map(pl_module(batch)).cpu().numpy())
+            else:  # images of different sizes: one at a time
+                preds = [
+                    class_map(pl_module(image[None].to(pl_module.device)))[0].cpu().numpy()
+                    for image in images
+                ]
+        rows = []
+        for index, sample, pred in zip(picked, self._samples, preds):
+            rgb = dm.eval_transform.denormalize(sample["image"][None])[0].permute(1, 2, 0).numpy()
+            name = sample.get("name")
+            rows.append(
+                PanelRow(
+                    Path(str(name)).stem if name else f"#{index}",
+                    rgb,
+                    sample["mask"].numpy(),
+                    pred,
                 )
+            )
         spread = (
             f"all {len(ds)} images"
             if len(picked) == len(ds)
