@@ -7,6 +7,7 @@ where there is internet, and list what the caches hold (:mod:`segbench.models.pr
     segbench weights fetch vgg16_bn                       # torchvision's VGG16(-BN)
     segbench weights fetch backbone=resnet50              # a backbone config of conf/
     segbench weights fetch experiment=<name>              # what an experiment's backbone needs
+    segbench weights fetch hf:nvidia/mit-b0               # a Hugging Face checkpoint repository
     segbench weights list
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 
+from segbench.models.hub import fetch_hf, hf_repo
 from segbench.models.pretrained import (
     TORCHVISION,
     PretrainedUnavailable,
@@ -57,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="action", required=True)
     fetch = sub.add_parser("fetch", help="download weights (needs internet)")
-    fetch.add_argument("items", nargs="+", help="timm names, vgg16(_bn), backbone=X, experiment=X")
+    fetch.add_argument(
+        "items", nargs="+", help="timm names, vgg16(_bn), backbone=X, experiment=X, hf:owner/repo"
+    )
     fetch.add_argument("--timeout", type=float, default=20.0, help="seconds per connection")
     sub.add_parser("list", help="what the cache holds, with sizes")
     args = parser.parse_args(argv)
@@ -71,10 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for item in args.items:
         try:
-            name = _timm_name(item)
-            fetch = fetch_torchvision if name in TORCHVISION else fetch_timm
-            path = fetch(name, timeout=args.timeout)
-        except PretrainedUnavailable as err:
+            repo = hf_repo(item)
+            if repo is not None:
+                path = fetch_hf(repo, timeout=args.timeout)
+            else:
+                name = _timm_name(item)
+                fetch = fetch_torchvision if name in TORCHVISION else fetch_timm
+                path = fetch(name, timeout=args.timeout)
+        except (PretrainedUnavailable, ValueError) as err:
             print(f"error: {err}")
             status = 1
             continue

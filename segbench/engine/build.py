@@ -188,24 +188,41 @@ def _class_dependent(old: tuple, new: tuple, old_k: int | None, new_k: int) -> b
 
 
 def init_from_checkpoint(model: torch.nn.Module, path: str, num_classes: int) -> dict:
-    """Load the network weights of segbench checkpoint ``path`` into ``model`` (a new
-    training's network for ``num_classes`` classes): ``init_from=<ckpt>``.
+    """Load the network weights of ``path`` into ``model`` (a new training's network for
+    ``num_classes`` classes): ``init_from=<ckpt>``.
+
+    ``path`` is a segbench checkpoint, read weights-only
+    (:func:`~segbench.checkpoints.store.load_checkpoint`: tensors and plain containers, no code
+    run), or ``hf:<owner>/<repo>``, a published Hugging Face checkpoint of a family segbench
+    converts (SegFormer, UPerNet, Mask2Former: :mod:`segbench.models.hf_convert`), read from
+    the hub cache and mapped tensor by tensor onto segbench's names.
 
     Every tensor of the same name and shape is loaded. When the class count differs, the
     tensors whose shape depends on it (the classifier: the head's, FCN's score layers, ...) keep
     ``model``'s fresh initialisation, and are listed. Anything else is refused with its name: a
-    tensor the checkpoint lacks or has in excess, or of another shape for another reason. The
-    file is read weights-only (:func:`~segbench.checkpoints.store.load_checkpoint`: tensors and
-    plain containers, no code run). Returns what ``results.json`` and the checkpoints record:
-    ``path``, ``sha256``, the checkpoint's ``num_classes`` and the ``reinitialised`` tensors.
+    tensor the checkpoint lacks or has in excess, or of another shape for another reason.
+    Returns what ``results.json`` and the checkpoints record: ``path``, ``sha256`` (of the
+    weights file), the checkpoint's ``num_classes`` and the ``reinitialised`` tensors.
     """
-    ckpt = load_checkpoint(path)
-    weights = network_weights(ckpt["state_dict"], path)
-    meta = ckpt.get("segbench") or {}
-    old_k = meta.get("num_classes")
-    trained = (meta.get("config") or {}).get("model") or {}
+    from segbench.models.hub import hf_repo
+
+    repo = hf_repo(path)
+    if repo is not None:
+        from segbench.models.hf_convert import convert_hf
+        from segbench.models.hub import cached_files
+
+        weights, old_k, config = convert_hf(repo)
+        trained = {"name": f"{config.get('model_type')} (hf:{repo})"}
+        file = str(cached_files(repo)[0])
+    else:
+        ckpt = load_checkpoint(path)
+        weights = network_weights(ckpt["state_dict"], path)
+        meta = ckpt.get("segbench") or {}
+        old_k = meta.get("num_classes")
+        trained = (meta.get("config") or {}).get("model") or {}
+        file = path
     own = model.state_dict()
-    missing = [k for k in own if k not in weights]
+    missing = [k for k in own if k not in weights and not k.endswith("num_batches_tracked")]
     extra = [k for k in weights if k not in own]
     differ = {k: (tuple(weights[k].shape), tuple(v.shape)) for k, v in own.items() if k in weights}
     differ = {k: shapes for k, shapes in differ.items() if shapes[0] != shapes[1]}
@@ -226,8 +243,8 @@ def init_from_checkpoint(model: torch.nn.Module, path: str, num_classes: int) ->
         )
     model.load_state_dict({k: v for k, v in weights.items() if k not in head}, strict=False)
     record = {
-        "path": str(Path(path).resolve()),
-        "sha256": _sha256(path),
+        "path": path if repo is not None else str(Path(path).resolve()),
+        "sha256": _sha256(file),
         "num_classes": old_k,
         "reinitialised": head,
     }

@@ -125,10 +125,11 @@ def fetch_timm(name: str, timeout: float = 20.0) -> Path:
 
 
 def cached_weights() -> list[tuple[str, str, int]]:
-    """``(repository, file, bytes)`` of every timm weights file in the hub cache, then of the
-    torchvision VGG weights in the torch hub cache (repository ``torchvision``)."""
+    """``(repository, file, bytes)`` of every model file in the hub cache (timm's weights and
+    the ``hf:`` checkpoints), then of the torchvision VGG weights in the torch hub cache
+    (repository ``torchvision``)."""
     rows = []
-    for repo in sorted(hub_cache().glob("models--timm--*")):
+    for repo in sorted(hub_cache().glob("models--*--*")):
         name = repo.name[len("models--") :].replace("--", "/")
         for path in sorted(repo.glob("snapshots/*/*")):
             if path.is_file():
