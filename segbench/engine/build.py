@@ -141,7 +141,7 @@ def build_task(
     built = task(
         model=model,
         loss=loss,
-        optimizer=instantiate(cfg.optimizer) if cfg.get("optimizer") else None,
+        optimizer=build_optimizer(cfg.optimizer) if cfg.get("optimizer") else None,
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         evaluator=build_evaluator(cfg, dm),
         run_config=run_config,
@@ -151,6 +151,19 @@ def build_task(
     )
     built.init_from = init  # stored in its checkpoints (segbench.init_from)
     return built
+
+
+def build_optimizer(optimizer_cfg: DictConfig):
+    """The optimizer factory of ``conf/optimizer/*`` (a ``functools.partial``); with
+    ``optimizer.lr_mult`` a :class:`~segbench.optim.GroupedOptimizer` around it."""
+    from segbench.optim import GroupedOptimizer
+
+    lr_mult = optimizer_cfg.get("lr_mult")
+    rest = OmegaConf.masked_copy(optimizer_cfg, [k for k in optimizer_cfg if k != "lr_mult"])
+    factory = instantiate(rest)
+    if not lr_mult:
+        return factory
+    return GroupedOptimizer(factory, OmegaConf.to_container(lr_mult))
 
 
 def _resuming(cfg: DictConfig) -> bool:

@@ -273,7 +273,10 @@ class SegmentationTask(pl.LightningModule):
         self._log_record(record, self.eval_split)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        if getattr(self.optimizer_factory, "wants_names", False):  # optimizer.lr_mult
+            optimizer = self.optimizer_factory(self.named_parameters())
+        else:
+            optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
         total = self.trainer.estimated_stepping_batches
