@@ -45,12 +45,45 @@ def _constructor_args(cfg: dict) -> dict:
     return out
 
 
+def _pop_freeze(cfg: dict, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Take the backbone's ``freeze`` key out of every ``encoder`` config in ``cfg`` (the
+    model's own, a wrapper's ``segmenter.encoder``): the encoders never see it. Returns the
+    attribute paths of the encoders to freeze (``("encoder",)``, ``("segmenter", "encoder")``).
+    Configs saved before the key existed have none: not frozen."""
+    frozen = []
+    for key, value in cfg.items():
+        if not isinstance(value, dict):
+            continue
+        if key == "encoder" and "_target_" in value:
+            if value.pop("freeze", False):
+                frozen.append((*path, key))
+        else:
+            frozen += _pop_freeze(value, (*path, key))
+    return frozen
+
+
 def build_model(model_cfg: DictConfig | dict) -> nn.Module:
-    """Instantiate ``conf/model/*`` (its ``encoder`` is the backbone config)."""
+    """Instantiate ``conf/model/*`` (its ``encoder`` is the backbone config), then freeze each
+    encoder whose backbone config says ``freeze: true`` (:func:`segbench.models.freeze.freeze`:
+    no gradient, kept in eval mode)."""
+    from segbench.models.freeze import freeze
+
     if not isinstance(model_cfg, DictConfig):
         model_cfg = OmegaConf.create(model_cfg)
     cfg = OmegaConf.to_container(model_cfg, resolve=True)  # resolves against the root config
-    return instantiate(_constructor_args(cfg))
+    frozen = _pop_freeze(cfg)
+    model = instantiate(_constructor_args(cfg))
+    for path in frozen:
+        module = model
+        for name in path:
+            module = getattr(module, name, None)
+        if not isinstance(module, nn.Module):
+            raise ValueError(
+                f"backbone.freeze=true: model {type(model).__name__} keeps no encoder at "
+                f"`{'.'.join(path)}` to freeze (its config has one there)"
+            )
+        freeze(module)
+    return model
 
 
 # the attribute the training task keeps its network under: its state-dict keys' prefix

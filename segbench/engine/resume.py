@@ -80,6 +80,12 @@ ADDED_KEYS = {
     "reference": None,  # the published figures (documentation, not training)
     "ema.decay": None,  # no moving average of the weights
     "backbone.out_indices": None,  # every level of a timm encoder
+    "backbone.freeze": False,  # the encoder trained with the rest
+    "model.encoder.freeze": False,
+    "model.segmenter.encoder.freeze": False,
+    "optimizer.lr_mult": None,  # one learning rate for every parameter
+    "scheduler.warmup_steps": 0,  # poly without warm-up
+    "scheduler.warmup_ratio": 1.0e-6,
     **{f"val_inference.{k}": None for k in ("mode", "crop", "stride", "scales", "flip")},
 }
 STAGES = {"train": 0, "val": 1, "test": 2}
