@@ -33,13 +33,17 @@ NO_IMAGENET = ("unet", "segnet_basic", "tiny")  # encoders trained from scratch 
 
 def _timm_name(item: str) -> str:
     """The timm model (``name.tag``) that ``item`` asks for: a timm name, ``backbone=X`` or
-    ``experiment=X`` (composed from ``conf/``)."""
+    ``experiment=X`` (composed from ``conf/``); ``hf:nvidia/mit-bN`` for a MiT backbone."""
     if "=" not in item:
         return item
     from segbench.config import compose_train_config
 
     cfg = compose_train_config([item])
     backbone = cfg.backbone
+    if str(backbone._target_).endswith("MiTEncoder"):  # NVIDIA's ImageNet MiT on the hub
+        from segbench.models.segformer_hf import mit_hub_repo
+
+        return "hf:" + mit_hub_repo(str(backbone.name))
     if backbone.name in TORCHVISION:
         return str(backbone.name)
     if backbone.name in NO_IMAGENET or not str(backbone._target_).endswith("TimmEncoder"):
@@ -75,11 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for item in args.items:
         try:
-            repo = hf_repo(item)
+            name = item if item.startswith("hf:") else _timm_name(item)
+            repo = hf_repo(name)
             if repo is not None:
                 path = fetch_hf(repo, timeout=args.timeout)
             else:
-                name = _timm_name(item)
                 fetch = fetch_torchvision if name in TORCHVISION else fetch_timm
                 path = fetch(name, timeout=args.timeout)
         except (PretrainedUnavailable, ValueError) as err:

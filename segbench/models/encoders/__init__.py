@@ -9,6 +9,7 @@ from segbench.models.encoders.base import (
     require_dilated,
     require_pooling,
 )
+from segbench.models.encoders.mit import MiTEncoder as MiTEncoder
 from segbench.models.encoders.timm import TimmEncoder
 from segbench.models.encoders.vgg import VGGEncoder
 

@@ -1,0 +1,96 @@
+"""SegFormer (Xie et al., "SegFormer: Simple and Efficient Design for Semantic Segmentation with
+Transformers", NeurIPS 2021).
+
+A hierarchical transformer encoder (MiT, :mod:`segbench.models.encoders.mit`: features at
+strides 4, 8, 16, 32, no positional encoding) and a lightweight all-MLP decoder: each of the
+four levels is mapped by a linear layer to a common width ``C`` (256 for MiT-B0/B1, 768 for
+B2-B5), upsampled to stride 4, concatenated (coarsest first), fused by a 1×1 conv with BatchNorm
+and ReLU, and classified by a 1×1 conv after dropout (0.1). The logits at stride 4 are
+upsampled bilinearly to the input size. There is no auxiliary head.
+
+The decoder runs on any encoder: it fuses the last four levels the encoder returns (all of
+them when it returns fewer) at the resolution of the finest of them. Hugging Face's
+``SegformerForSemanticSegmentation`` checkpoints convert to this model with
+:func:`segbench.models.segformer_hf.convert_segformer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segbench.models.base import SegmentationModel
+from segbench.models.blocks import conv_bn_relu
+from segbench.models.encoders import encoder_name
+
+__all__ = ["AllMLPDecoder", "SegFormer"]
+
+
+class AllMLPDecoder(nn.Module):
+    """SegFormer's decoder: per level a linear layer to ``dim``, upsample to the finest level,
+    concatenate (coarsest first, as the reference does), 1×1 conv → BN → ReLU, dropout.
+
+    Args:
+        in_channels: channels of the encoder levels, finest first.
+        dim: the common width ``C`` (256 for MiT-B0/B1, 768 for B2-B5).
+        dropout: dropout before the classifier (0.1).
+        levels: how many of the last encoder levels are fused (4).
+    """
+
+    def __init__(
+        self, in_channels: Sequence[int], dim: int = 256, dropout: float = 0.1, levels: int = 4
+    ) -> None:
+        super().__init__()
+        self.levels = min(int(levels), len(in_channels))
+        self.dim = int(dim)
+        self.proj = nn.ModuleList(nn.Linear(c, self.dim) for c in in_channels[-self.levels :])
+        self.fuse = conv_bn_relu(self.dim * self.levels, self.dim, 1)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        features = features[-self.levels :]  # finest first
+        size = features[0].shape[-2:]
+        maps = []
+        for feature, proj in zip(features, self.proj):
+            x = proj(feature.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, C, h_i, w_i)
+            if x.shape[-2:] != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            maps.append(x)  # (B, C, h_0, w_0)
+        x = self.fuse(torch.cat(maps[::-1], dim=1))  # (B, levels * C, h_0, w_0) → (B, C, ...)
+        return self.drop(x)
+
+
+class SegFormer(SegmentationModel):
+    """SegFormer: an encoder (MiT in the paper) and the all-MLP decoder.
+
+    Args:
+        encoder: any encoder (MiT-B0 … B5 in the paper); its last four levels are fused.
+        num_classes: number of classes.
+        decoder_dim: the decoder width ``C`` (256 for MiT-B0/B1, 768 for B2-B5; the model
+            config reads it from the backbone config).
+        dropout: dropout before the classifier (0.1).
+        levels: how many of the last encoder levels the decoder fuses (4).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int,
+        decoder_dim: int = 256,
+        dropout: float = 0.1,
+        levels: int = 4,
+    ) -> None:
+        channels = list(getattr(encoder, "channels", None) or [])
+        if not channels:
+            raise ValueError(
+                f"SegFormer: encoder {encoder_name(encoder)!r} must expose `channels` (one per "
+                "feature map); use a segbench backbone such as mit_b0 or resnet50"
+            )
+        if int(levels) < 1:
+            raise ValueError(f"SegFormer: levels must be at least 1, got {levels}")
+        decoder = AllMLPDecoder(channels, decoder_dim, dropout, levels)
+        head = nn.Conv2d(decoder.dim, num_classes, 1)
+        super().__init__(encoder, decoder, head, num_classes)
