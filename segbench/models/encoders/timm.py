@@ -1,6 +1,24 @@
 """``TimmEncoder``: a thin adapter over timm's ``features_only`` models, meeting the encoder
 contract of :mod:`segbench.models.encoders.base`.
 
+Two kinds of timm models need more than timm's own forward:
+
+- models whose features are channels-last (Swin: ``NHWC``) are returned channels-first;
+- Swin (v1, ``swin_*``) runs through :func:`swin_features`, which takes any input size the way
+  the segmentation references do (mmseg's Swin, transformers' ``SwinBackbone``): the image
+  padded right/bottom to a multiple of the patch size, every block's map padded to a multiple
+  of the window *before* its cyclic shift (timm shifts first, then pads), full 7x7 windows and
+  shifts at every stage whatever the map size (timm's ``always_partition``; timm's default
+  drops the shift where a map is no larger than a window, e.g. stage 4 at 224x224), odd maps
+  padded before patch merging. Where nothing is padded it is timm's forward with
+  ``always_partition=True``, exactly.
+
+The per-level output norms of the dense-prediction ConvNeXt and Swin (mmseg's ``norm{i}``,
+transformers' ``hidden_states_norms``) live here too, as the option ``out_norms``: one
+channel LayerNorm per returned level, keys ``out_norms.<j>.weight/bias``, outside timm's
+``model.`` keys so that ImageNet weights files still fit ``model`` one to one
+(:func:`segbench.models.hf_backbones.convert_backbone` maps transformers' norms onto them).
+
 (This module is ``segbench.models.encoders.timm``; ``import timm`` below is absolute and loads
 the timm package itself.)
 """
@@ -11,6 +29,9 @@ from pathlib import Path
 
 import timm
 import torch
+import torch.nn.functional as F
+from timm.layers import LayerNorm2d
+from timm.models.swin_transformer import window_partition, window_reverse
 from torch import Tensor, nn
 
 from segbench.models.encoders.base import levels_until
@@ -49,6 +70,15 @@ class TimmEncoder(nn.Module):
         in_chans: number of input channels.
         until_stride: return the levels (of ``out_indices``) up to the first one at this stride
             or coarser, and no layer after it (ReSeg: 4); ``None``: all of them.
+        out_norms: a LayerNorm over the channels of every returned level (``out_norms.<j>``),
+            as the dense-prediction ConvNeXt and Swin have (mmseg, transformers'
+            ``hidden_states_norms``); its eps is the backbone's own LayerNorms' (ConvNeXt 1e-6,
+            Swin 1e-5; 1e-5 for a model without any). Off for ResNets, which have none.
+        model_kwargs: further arguments of ``timm.create_model`` that change the architecture
+            (``depths``, ``dims``, ``embed_dim``, ``num_heads``, ...), e.g. for small test
+            models; a weights file must then fit the model they build.
+
+    Swin cannot dilate: ``output_stride`` 8 or 16 is refused.
     """
 
     def __init__(
@@ -61,14 +91,27 @@ class TimmEncoder(nn.Module):
         in_chans: int = 3,
         until_stride: int | None = None,
         pretrained_tag: str | None = None,
+        out_norms: bool = False,
+        model_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         if not timm.is_model(name.split(".")[0]):
             raise ValueError(f"backbone name {name!r} is not a timm model")
-        kwargs: dict = {"features_only": True, "in_chans": in_chans}
+        self.swin = _is_swin(name)
+        kwargs: dict = {**_plain(model_kwargs or {}), "features_only": True, "in_chans": in_chans}
         if out_indices is not None:
             kwargs["out_indices"] = tuple(out_indices)
         output_stride = 32 if output_stride is None else int(output_stride)
+        if self.swin:
+            if output_stride != 32:
+                raise ValueError(
+                    f"backbone {name!r} (Swin) cannot dilate: output_stride={output_stride} is "
+                    "not possible, only 32 (null). Use a model that reads a stride-32 encoder "
+                    "(UPerNet, FPN-style decoders) or a dilatable backbone such as resnet50 or "
+                    "convnext_tiny"
+                )
+            # any input size, and shifted windows at every stage (see swin_features)
+            kwargs.update(strict_img_size=False, always_partition=True)
         if output_stride != 32:
             kwargs["output_stride"] = output_stride
         if until_stride is not None:
@@ -103,12 +146,103 @@ class TimmEncoder(nn.Module):
         self.channels: list[int] = list(info.channels())
         self.strides: list[int] = list(info.reduction())
         self.output_stride = self.strides[-1] if until_stride is not None else output_stride
+        self.channels_last = str(getattr(self.model, "output_fmt", "NCHW")).endswith("NHWC")
+        self.out_norms = None
+        if out_norms:
+            eps = next((m.eps for m in self.model.modules() if isinstance(m, nn.LayerNorm)), 1e-5)
+            self.out_norms = nn.ModuleList(LayerNorm2d(c, eps=eps) for c in self.channels)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        return self.model(x)
+        features = swin_features(self.model, x) if self.swin else self.model(x)
+        if self.channels_last:  # (B, H, W, C) -> (B, C, H, W)
+            features = [f.permute(0, 3, 1, 2).contiguous() for f in features]
+        if self.out_norms is not None:
+            features = [norm(f) for norm, f in zip(self.out_norms, features, strict=True)]
+        return features
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, channels={self.channels}, strides={self.strides}"
+
+
+def _is_swin(name: str) -> bool:
+    """Whether timm model ``name`` is a Swin Transformer (v1)."""
+    entry = timm.models.model_entrypoint(name.split(".")[0])
+    return entry.__module__ == "timm.models.swin_transformer"
+
+
+def _plain(value):
+    """``value`` with Hydra's containers made plain Python (lists as tuples, as timm wants)."""
+    if hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple) or type(value).__name__ == "ListConfig":
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+def swin_features(model: nn.Module, x: Tensor) -> list[Tensor]:
+    """The levels of timm's features-only Swin ``model`` (``patch_embed``, ``layers_<i>``) for
+    an input of any size, padded as the segmentation references pad (module docstring).
+
+    Args:
+        model: timm's ``FeatureListNet`` over a ``SwinTransformer`` built with
+            ``always_partition=True``.
+        x: ``(B, C, H, W)`` images.
+
+    Returns:
+        the returned levels, ``(B, H/s, W/s, C_s)`` each (channels last, as timm's).
+    """
+    features = []
+    for key, module in model.items():
+        if key == "patch_embed":
+            ph, pw = module.patch_size
+            x = F.pad(x, (0, (-x.shape[-1]) % pw, 0, (-x.shape[-2]) % ph))
+            x = module(x)  # (B, H/4, W/4, C)
+        elif hasattr(module, "blocks"):  # a stage: merge 2x2 patches (odd maps padded), blocks
+            x = module.downsample(x)
+            for block in module.blocks:
+                x = _swin_block(block, x)
+        else:
+            x = module(x)
+        if key in model.return_layers:
+            features.append(x)
+    return features
+
+
+def _swin_block(block: nn.Module, x: Tensor) -> Tensor:
+    """One timm ``SwinTransformerBlock`` on ``(B, H, W, C)``: (shifted) window attention on the
+    map padded to whole windows, padding before the shift, then the MLP."""
+    _, height, width, channels = x.shape
+    (wh, ww), (sh, sw) = block.window_size, block.shift_size
+    y = block.norm1(x)
+    y = F.pad(y, (0, 0, 0, (-width) % ww, 0, (-height) % wh))  # zeros right/bottom
+    _, hp, wp, _ = y.shape
+    mask = None
+    if sh or sw:
+        y = torch.roll(y, shifts=(-sh, -sw), dims=(1, 2))
+        mask = _shift_mask(hp, wp, (wh, ww), (sh, sw), y)
+    windows = window_partition(y, (wh, ww)).view(-1, wh * ww, channels)
+    windows = block.attn(windows, mask=mask).view(-1, wh, ww, channels)
+    y = window_reverse(windows, (wh, ww), hp, wp)
+    if sh or sw:
+        y = torch.roll(y, shifts=(sh, sw), dims=(1, 2))
+    x = x + block.drop_path1(y[:, :height, :width, :])
+    return x + block.drop_path2(block.mlp(block.norm2(x)))
+
+
+def _shift_mask(
+    height: int, width: int, window: tuple[int, int], shift: tuple[int, int], like: Tensor
+) -> Tensor:
+    """``(windows, N, N)`` attention mask of shifted windows on a padded ``height x width`` map:
+    -100 between positions that the cyclic shift brought from different regions."""
+
+    def regions(size: int, win: int, s: int) -> Tensor:
+        idx = torch.arange(size, device=like.device)
+        return (idx >= size - win).long() + (idx >= size - s).long()  # 0, 1 or 2
+
+    ids = regions(height, window[0], shift[0])[:, None] * 3 + regions(width, window[1], shift[1])
+    ids = window_partition(ids[None, :, :, None].to(like.dtype), window).flatten(1)  # (nW, N)
+    diff = ids[:, None, :] - ids[:, :, None]
+    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
 
 
 def _pretrained(name: str, kwargs: dict) -> nn.Module:
