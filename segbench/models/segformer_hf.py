@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from segbench.checkpoints.convert import ConversionError, StateDictConverter
 from segbench.models.encoders.mit import HEADS, MIT_VARIANTS, MLP_RATIOS, SR_RATIOS
 from segbench.models.hub import hf_repo, read_hf_checkpoint
+from segbench.models.pretrained import PretrainedUnavailable
 
 __all__ = ["convert_mit", "convert_segformer", "load_mit_weights", "mit_hub_repo"]
 
@@ -326,5 +327,12 @@ def load_mit_weights(encoder: nn.Module, weights: str | None) -> None:
                 "3 input channels); set backbone.pretrained=false or give backbone.weights"
             )
         weights = f"hf:{mit_hub_repo(name)}"
-    state, config, what = _read(str(weights))
+        try:
+            state, config, what = _read(str(weights))
+        except PretrainedUnavailable as err:  # say which option asked for the file
+            raise PretrainedUnavailable(
+                f"backbone {name!r}: pretrained=true needs NVIDIA's ImageNet weights; {err}"
+            ) from err
+    else:
+        state, config, what = _read(str(weights))
     encoder.load_state_dict(convert_mit(state, config, what, encoder), strict=True)
