@@ -30,14 +30,12 @@ def poly(
     With ``warmup_steps`` (the transformer recipes': SegFormer, UPerNet on ConvNeXt/Swin, 1,500)
     the learning rate first rises linearly from ``warmup_ratio * base_lr`` to ``base_lr``, then
     decays as ``(1 - (step - warmup) / (total - warmup)) ** power`` (mmsegmentation's LinearLR
-    then PolyLR).
+    then PolyLR). A run shorter than its warm-up (a few steps of a recipe, to try it) warms up
+    for its whole length.
     """
     total, warmup = max(1, int(total_steps)), int(warmup_steps)
-    if warmup < 0 or warmup >= total and warmup > 0:
-        raise ValueError(
-            f"scheduler.warmup_steps={warmup_steps} must be >= 0 and below the run's "
-            f"{total} optimizer steps"
-        )
+    if warmup < 0:
+        raise ValueError(f"scheduler.warmup_steps={warmup_steps} must be 0 or more")
     if warmup == 0:
         return PolynomialLR(optimizer, total_iters=total, power=power)
 

@@ -27,7 +27,8 @@ FAST = [("fcn8s", False), ("deeplabv3plus", True), ("segnet", True), ("pspnet", 
 SLOW = [
     ("fcn", False), ("fcn16s", False), ("fcn32s", True), ("deeplabv1", True), ("deeplabv3", True),
     ("unet", False), ("segnet_basic", True), ("deconvnet", True), ("reseg", False),
-    ("ganseg", False),
+    ("ganseg", False), ("segformer", True), ("upernet", None), ("mask2former", True),
+    ("linear_probe", True),
 ]  # fmt: skip
 CASES = [pytest.param(m, d, id=m) for m, d in FAST] + [
     pytest.param(m, d, id=m, marks=pytest.mark.slow) for m, d in SLOW

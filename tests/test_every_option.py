@@ -301,6 +301,16 @@ BASELINE = Case(
 )
 BASELINE.overrides = [o for o in BASELINE.covers if o != "debug=fast"] + TWO_STEPS
 
+# Mask2Former at a quarter of its width, a tenth of its queries and 1,024 points a mask: the
+# same code paths (the matching, the set loss, every decoder layer) in a few seconds
+SMALL_MASK2FORMER = [
+    "model.hidden_dim=64",  # GroupNorm (32 groups): two channels a group, also on a 1x1 map
+    "model.dim_feedforward=64",
+    "model.enc_dim_feedforward=64",
+    "model.num_queries=10",
+    "task.num_points=1024",
+]
+
 # experiments whose own full-size model trains in a few seconds at 32-64 px; the others train
 # on debug=fast's tiny backbone in the fast suite, and with their own one in the slow suite
 FULL_MODEL_FAST = {
@@ -323,8 +333,10 @@ def experiment_defaults(name: str) -> dict[str, str]:
 def paper_backbone(model: str) -> str | None:
     """The backbone option a model config picks (``override /backbone@...``), if any."""
     for entry in option_yaml("model", model).get("defaults", []):
-        if isinstance(entry, str):
-            picked = paper_backbone(entry) if entry != "_self_" else None  # extends a model
+        if isinstance(entry, str):  # a model config it extends; others (_self_, a package of
+            # keys such as /frozen_backbone) pick no backbone
+            own = CONF / "model" / f"{entry}.yaml"
+            picked = paper_backbone(entry) if own.is_file() else None
         else:
             picked = next((v for k, v in entry.items() if "/backbone" in k), None)
         if picked:
@@ -346,6 +358,12 @@ def experiment_cases(name: str) -> list[Case]:
         overrides.append("trainer.val_check_interval=1")  # every N > 1 steps, across epochs
     if picks.get("trainer") in ("ddp", "ddp_cpu"):
         overrides += ["trainer.strategy=auto", "trainer.sync_batchnorm=false"]
+    if picks.get("model") == "mask2former":
+        overrides += SMALL_MASK2FORMER
+    if option_yaml("experiment", name).get("inference", {}).get("crop"):
+        # the windows of a slide evaluation at the fake images' size (a 1024x1024 window would
+        # pad every 32x64 image to it)
+        overrides += ["inference.crop=[32,64]", "inference.stride=[32,64]"]
     if list(option_yaml("experiment", name).get("inference", {}).get("scales", [1.0])) != [1.0]:
         # the fake data's images are a few pixels wide: at half scale the tiny backbone's
         # deepest level would be empty
@@ -384,6 +402,13 @@ def build_train_cases() -> list[Case]:
                     ["model=ganseg", "task=adversarial", *LEAN],
                 )
             )
+        elif option == "mask2former":  # trained by its own task: one run for both
+            cases.append(
+                Case(
+                    ["model=mask2former", "task=mask_classification"],
+                    ["model=mask2former", "task=mask_classification", *LEAN, *SMALL_MASK2FORMER],
+                )
+            )
         else:
             add("model", option)
         # and on the backbone its config picks (which debug=fast replaces): full size, slow
@@ -393,7 +418,8 @@ def build_train_cases() -> list[Case]:
                 Case([f"model={option}"], extra, variant="paper-backbone", marks=[pytest.mark.slow])
             )
     for option in options("backbone"):
-        add("backbone", option)  # on FCN-8s at 64x64
+        # on FCN-8s at 64x64; a plain ViT (one level, stride 14) on the linear probe it is for
+        add("backbone", option, ["model=linear_probe"] if option.startswith("vit_") else [])
     for option in options("dataset"):
         add("dataset", option, data=lambda root, o=option: dataset_overrides(o, root))
     for group in ("loss", "optimizer"):

@@ -34,8 +34,14 @@ def test_poly_without_warmup_is_torchs_polynomial_schedule():
     ours = _rates(poly(opt, total_steps=7, power=0.9), 7)
     theirs = _rates(torch.optim.lr_scheduler.PolynomialLR(ref, total_iters=7, power=0.9), 7)
     assert ours == theirs
-    with pytest.raises(ValueError, match="scheduler.warmup_steps=7"):
-        poly(opt, total_steps=7, warmup_steps=7)
+    with pytest.raises(ValueError, match="scheduler.warmup_steps=-1"):
+        poly(opt, total_steps=7, warmup_steps=-1)
+
+
+def test_a_run_shorter_than_its_warmup_warms_up_throughout():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    rates = _rates(poly(opt, total_steps=3, warmup_steps=10, warmup_ratio=0.0), 3)
+    assert rates == pytest.approx([0.0, 0.1, 0.2])
 
 
 def test_lr_mult_gives_each_part_its_rate_and_refuses_an_unknown_part(tmp_path):
