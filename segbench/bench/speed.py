@@ -35,14 +35,13 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch import nn
 
+from segbench.bench.peers import peer_model
 from segbench.bench.report import report
 from segbench.bench.timing import (
     VARIANTS,
@@ -128,36 +127,6 @@ def bench_latency(cfg, variants, size, warmup, iters, device) -> list[dict]:
         r["ratio"] = reference["p50_ms"] / r["p50_ms"]
         r["reference"] = reference["variant"]
     return rows
-
-
-def peer_model(cfg: DictConfig) -> tuple[str, Callable[[], nn.Module]] | None:
-    """The same architecture in segmentation_models_pytorch or torchvision, if one exists:
-    ``(description, factory)``; ``None`` otherwise. Raises ``ImportError`` when the library
-    that has it is not installed."""
-    model, backbone = cfg.model.name, cfg.backbone.name
-    k = int(cfg.dataset.num_classes)
-    stride = cfg.model.get("output_stride")
-    if model == "unet" and backbone in ("resnet18", "resnet50"):
-        import segmentation_models_pytorch as smp
-
-        return f"smp.Unet({backbone})", lambda: smp.Unet(backbone, encoder_weights=None, classes=k)
-    if model == "deeplabv3plus" and backbone in ("resnet18", "resnet50"):
-        import segmentation_models_pytorch as smp
-
-        def make():
-            return smp.DeepLabV3Plus(
-                backbone, encoder_weights=None, classes=k, encoder_output_stride=stride or 16
-            )
-
-        return f"smp.DeepLabV3Plus({backbone}, OS {stride or 16})", make
-    if model == "deeplabv3" and backbone == "resnet50" and stride == 8:
-        # torchvision's DeepLabHead: ASPP (rates 12/24/36), a 3x3 conv, the classifier
-        from torchvision.models.segmentation import deeplabv3_resnet50
-
-        return "torchvision deeplabv3_resnet50 (OS 8)", lambda: deeplabv3_resnet50(
-            weights=None, weights_backbone=None, num_classes=k, aux_loss=False
-        )
-    return None  # torchvision's fcn_resnet50 is a one-head FCN, not FCN-8s: no peer
 
 
 def bench_peers(cfg, variants, batch, size, steps, repeats, warmup, iters, device) -> dict:
