@@ -12,8 +12,11 @@ from segbench.checkpoints import store as checkpoint
 from tests.conftest import CONF, run_cli
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
-# the eight families the product promises; every one must be an option of conf/model/
-FAMILIES = ["fcn8s", "deeplabv3plus", "unet", "segnet", "deconvnet", "pspnet", "reseg", "ganseg"]
+# the families the product promises; every one must be an option of conf/model/
+FAMILIES = [
+    "fcn8s", "deeplabv3plus", "unet", "segnet", "deconvnet", "pspnet", "reseg", "ganseg",
+    "segformer", "upernet", "mask2former", "linear_probe",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
