@@ -1,4 +1,4 @@
-"""The converter account (segbench/checkpoints/convert.py) and the ``hf:`` hub reader
+"""The converter account (segbench/models/convert.py) and the ``hf:`` hub reader
 (segbench/models/hub.py): every foreign tensor placed or skipped for a stated reason, anything
 else refused by name; a hub repository read from a cache laid out as huggingface_hub writes it,
 with no network."""
@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from segbench.checkpoints.convert import ConversionError, StateDictConverter, stacked
+from segbench.models.convert import ConversionError, StateDictConverter, stacked
 from segbench.models.hub import hf_repo, read_hf_checkpoint
 from segbench.models.pretrained import PretrainedUnavailable
 

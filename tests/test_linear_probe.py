@@ -267,7 +267,7 @@ def test_hf_dinov2_converter_on_a_small_model():
 
 
 def test_hf_dinov2_converter_refuses_a_missing_and_an_extra_tensor():
-    from segbench.checkpoints.convert import ConversionError
+    from segbench.models.convert import ConversionError
     from segbench.models.dinov2_hf import convert_dinov2
 
     hf, _ = _hf_dinov2(width=32, depth=1, heads=2, image_size=28)

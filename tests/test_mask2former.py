@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segbench.checkpoints.convert import ConversionError
+from segbench.models.convert import ConversionError
 from segbench.losses.set_criterion import (
     HungarianMatcher,
     SetCriterion,

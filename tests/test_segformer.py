@@ -19,7 +19,7 @@ from transformers import (
     SegformerModel,
 )
 
-from segbench.checkpoints.convert import ConversionError
+from segbench.models.convert import ConversionError
 from segbench.engine.build import build_model
 from segbench.models.base import count_parameters
 from segbench.models.encoders import MiTEncoder

@@ -331,7 +331,7 @@ def test_search_sweeper_composes():
 
 
 # experiment names: <model>_<backbone>_<gpus>xb<batch>-<schedule>_<dataset>-<crop>[_<tag>]
-# (a tag names the budget a run is made for: cpu-30min)
+# (a tag names the budget a run is made for, cpu-30min, or the probe's head, lin | ms)
 NAME = re.compile(
     r"^(?P<model>[a-z0-9-]+)_(?P<backbone>[a-z0-9-]+)_(?P<gpus>\d+)xb(?P<batch>\d+)"
     r"-(?P<steps>\d+)(?P<unit>[ke])_(?P<dataset>[a-z0-9_]+)-(?P<crop>\d+(x\d+)?)"
@@ -346,6 +346,13 @@ BACKBONES = {
     "segnet-basic": ("segnet_basic", None),
     "vgg16bn": ("vgg16_bn", None),
     "unet-bn": ("unet", None),
+    "r50": ("resnet50", None),  # Mask2Former's, not dilated
+    "mit-b0": ("mit_b0", None),
+    "mit-b5": ("mit_b5", None),
+    "convnext-t": ("convnext_tiny", None),
+    "swin-t": ("swin_tiny_patch4_window7_224", None),
+    "vit-s14-dinov2": ("vit_small_patch14_dinov2", None),
+    "vit-b14-dinov2": ("vit_base_patch14_dinov2", None),
 }
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 LIGHT = [e for e in EXPERIMENTS if e.endswith("_shapes-64")]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from segbench.checkpoints.convert import ConversionError, StateDictConverter
+from segbench.models.convert import ConversionError, StateDictConverter
 from segbench.models.base import count_parameters
 from segbench.models.encoders import TimmEncoder
 from segbench.models.hf_backbones import convert_backbone

@@ -8,7 +8,7 @@ of transformers 5's ``state_dict()`` (``attention.q_proj``, ``attention.o_proj``
 ``dinov2.`` prefix (a task model around the backbone) is allowed. The separate query, key and
 value projections become timm's fused ``qkv``; the layer scales' ``lambda1`` become ``gamma``.
 The masked-image-modelling token (used in DINOv2's training only) is skipped, with that reason.
-Every other tensor is accounted for by :class:`~segbench.checkpoints.convert.StateDictConverter`
+Every other tensor is accounted for by :class:`~segbench.models.convert.StateDictConverter`
 and must fit the timm model shape for shape; the checkpoint's ``config.json`` is checked first
 (width, depth, heads, patch size, MLP kind, no register tokens).
 """
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from segbench.checkpoints.convert import ConversionError, StateDictConverter, stacked
+from segbench.models.convert import ConversionError, StateDictConverter, stacked
 from segbench.models.hub import hf_repo, read_hf_checkpoint
 
 __all__ = ["convert_dinov2", "load_dinov2_weights"]

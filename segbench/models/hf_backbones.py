@@ -4,7 +4,7 @@ transformers' segmentation models (UperNet, Mask2Former, ...) hold their backbon
 ``ConvNextBackbone``, ``SwinBackbone`` or ``ResNetBackbone``; segbench holds the same network as
 a timm ``features_only`` model inside a :class:`~segbench.models.encoders.TimmEncoder`.
 :func:`convert_backbone` moves the backbone's tensors from one naming to the other through a
-:class:`~segbench.checkpoints.convert.StateDictConverter`, so that the caller's
+:class:`~segbench.models.convert.StateDictConverter`, so that the caller's
 ``converter.result()`` accounts for every tensor of the whole file.
 
 Where the tensors go, for ``ours_prefix`` the TimmEncoder's own prefix in the segbench model
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 
-from segbench.checkpoints.convert import ConversionError, StateDictConverter, stacked
+from segbench.models.convert import ConversionError, StateDictConverter, stacked
 
 __all__ = ["convert_backbone", "hf_out_stages"]
 

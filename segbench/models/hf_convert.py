@@ -3,7 +3,7 @@ state dicts: the converter of each family, chosen by the checkpoint's ``config.j
 ``model_type``.
 
 Every converter maps the file tensor by tensor through
-:class:`~segbench.checkpoints.convert.StateDictConverter`: a tensor left over, missing or of
+:class:`~segbench.models.convert.StateDictConverter`: a tensor left over, missing or of
 another shape is refused by name. The result has segbench's key names for the network the
 checkpoint describes (its own class count); ``init_from=hf:<repo>`` then loads it into the run's
 network as it loads a segbench checkpoint (:func:`segbench.engine.build.init_from_checkpoint`).

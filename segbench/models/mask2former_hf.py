@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from segbench.checkpoints.convert import ConversionError, StateDictConverter
+from segbench.models.convert import ConversionError, StateDictConverter
 from segbench.models.hf_backbones import convert_backbone, hf_out_stages
 from segbench.models.mask2former import Mask2Former
 

@@ -12,7 +12,7 @@ Both key layouts are understood: the one of the files on the hub (``segformer.en
 0.0.attention.self.query.weight``, written by transformers 4) and the one of transformers 5's
 ``state_dict()`` (``segformer.stages.0.blocks.0.attention.q_proj.weight``); the ``segformer.``
 prefix is optional (a bare ``SegformerModel``). Every tensor is accounted for by
-:class:`~segbench.checkpoints.convert.StateDictConverter`; the checkpoint's ``config.json``
+:class:`~segbench.models.convert.StateDictConverter`; the checkpoint's ``config.json``
 is checked against its tensors and against the segbench network (widths, depths, heads,
 reduction ratios, decoder width, classes), so that a checkpoint of another variant is refused
 with the one that fits, never loaded in part.
@@ -27,8 +27,8 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from segbench.checkpoints.convert import ConversionError, StateDictConverter
-from segbench.models.encoders.mit import HEADS, MIT_VARIANTS, MLP_RATIOS, SR_RATIOS
+from segbench.models.convert import ConversionError, StateDictConverter
+from segbench.models.encoders.mit_variants import HEADS, MIT_VARIANTS, MLP_RATIOS, SR_RATIOS
 from segbench.models.hub import hf_repo, read_hf_checkpoint
 from segbench.models.pretrained import PretrainedUnavailable
 

@@ -7,7 +7,7 @@ The backbone (``backbone.*``: ConvNeXt, Swin or ResNet) goes through
 (``encoder.model.*``, the per-level norms ``encoder.out_norms.*``); the decode head
 (``decode_head.*``) onto ``decoder.*`` and ``head.*``; the auxiliary FCN head
 (``auxiliary_head.*``) onto ``aux_head.*``. Every tensor is accounted for by
-:class:`~segbench.checkpoints.convert.StateDictConverter`: one left over, missing (against a
+:class:`~segbench.models.convert.StateDictConverter`: one left over, missing (against a
 model) or of another shape is refused by name.
 
 The segbench model that takes the result: ``model=upernet`` with the backbone of the checkpoint
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from segbench.checkpoints.convert import ConversionError, StateDictConverter
+from segbench.models.convert import ConversionError, StateDictConverter
 from segbench.models.hf_backbones import convert_backbone, hf_out_stages
 
 __all__ = ["convert_upernet"]

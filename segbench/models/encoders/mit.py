@@ -30,23 +30,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segbench.models.encoders.base import pick_levels
+from segbench.models.encoders.mit_variants import (
+    HEADS,
+    MIT_VARIANTS,
+    MLP_RATIOS,
+    PATCH_SIZES,
+    PATCH_STRIDES,
+    SR_RATIOS,
+)
 
 __all__ = ["MIT_VARIANTS", "MiTEncoder"]
-
-# widths and depths of the four stages (the paper's Table 6)
-MIT_VARIANTS: dict[str, tuple[list[int], list[int]]] = {
-    "mit_b0": ([32, 64, 160, 256], [2, 2, 2, 2]),
-    "mit_b1": ([64, 128, 320, 512], [2, 2, 2, 2]),
-    "mit_b2": ([64, 128, 320, 512], [3, 4, 6, 3]),
-    "mit_b3": ([64, 128, 320, 512], [3, 4, 18, 3]),
-    "mit_b4": ([64, 128, 320, 512], [3, 8, 27, 3]),
-    "mit_b5": ([64, 128, 320, 512], [3, 6, 40, 3]),
-}
-HEADS = [1, 2, 5, 8]
-SR_RATIOS = [8, 4, 2, 1]
-MLP_RATIOS = [4, 4, 4, 4]
-PATCH_SIZES = [7, 3, 3, 3]
-PATCH_STRIDES = [4, 2, 2, 2]
 
 
 class DropPath(nn.Module):

@@ -16,14 +16,12 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from torch import Tensor, nn
 
-from segbench.checkpoints.errors import CheckpointError
-
 __all__ = ["ConversionError", "StateDictConverter", "stacked"]
 
 _SHOW = 10
 
 
-class ConversionError(CheckpointError):
+class ConversionError(ValueError):
     """A foreign checkpoint that does not map onto the segbench network, tensor for tensor."""
 
 
