@@ -22,7 +22,7 @@ train: setup
 	$(RUN) python train.py $(ARGS)
 
 test: setup
-	$(RUN) pytest -q -n $(JOBS) -m "not slow" $(ARGS)
+	$(RUN) pytest -q -n $(JOBS) --dist loadgroup -m "not slow" $(ARGS)
 
 test-all: setup
 	$(RUN) pytest -q $(ARGS)

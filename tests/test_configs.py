@@ -91,6 +91,8 @@ def test_every_model_config_trains_at_an_odd_size(model, tmp_path):
     assert grads and any(g.abs().sum() > 0 for g in grads)
 
 
+@pytest.mark.slow  # 20 models x 18 backbones, 55 s; the fast suite composes and builds every
+# model on the small backbones (above), every backbone under FCN-8s (test_every_option.py)
 @pytest.mark.parametrize("model", options("model"))
 def test_every_model_composes_on_every_backbone(model, tmp_path):
     for backbone in options("backbone"):

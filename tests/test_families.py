@@ -11,6 +11,10 @@ from omegaconf import OmegaConf
 from segbench.checkpoints import store as checkpoint
 from tests.conftest import CONF, run_cli
 
+# one worker runs this module: its sweep fixture is module-scoped, and split over two pytest-xdist
+# workers it would run twice (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("families")
+
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 # the families the product promises; every one must be an option of conf/model/
 FAMILIES = [

@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segbench.models.convert import ConversionError
 from segbench.losses.set_criterion import (
     HungarianMatcher,
     SetCriterion,
     point_sample,
     semantic_targets,
 )
+from segbench.models.convert import ConversionError
 from segbench.models.encoders import TimmEncoder
 from segbench.models.mask2former import Mask2Former
 from segbench.models.mask2former_hf import convert_mask2former, mask2former_settings

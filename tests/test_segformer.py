@@ -19,9 +19,9 @@ from transformers import (
     SegformerModel,
 )
 
-from segbench.models.convert import ConversionError
 from segbench.engine.build import build_model
 from segbench.models.base import count_parameters
+from segbench.models.convert import ConversionError
 from segbench.models.encoders import MiTEncoder
 from segbench.models.pretrained import PretrainedUnavailable
 from segbench.models.segformer import SegFormer

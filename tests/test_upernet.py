@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from segbench.models.convert import ConversionError, StateDictConverter
 from segbench.models.base import count_parameters
+from segbench.models.convert import ConversionError, StateDictConverter
 from segbench.models.encoders import TimmEncoder
 from segbench.models.hf_backbones import convert_backbone
 from segbench.models.upernet import UPerNet
