@@ -14,6 +14,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from segbench.engine.task import SegmentationTask
+from segbench.inference import Inference
 from segbench.losses.set_criterion import SetCriterion
 
 __all__ = ["MaskClassificationTask"]
@@ -89,22 +90,9 @@ class MaskClassificationTask(SegmentationTask):
         self._loss_terms = {name: value.detach() for name, value in parts.items()}
         return loss
 
-    def _eval_step(self, batch: dict, test: bool, prefix: str) -> dict[str, Tensor]:
-        inference = self.inference if test else self.val_inference
-        images = batch["image"]
+    def _predict_with_loss(
+        self, images: Tensor, mask: Tensor, inference: Inference
+    ) -> tuple[dict[str, Tensor], Tensor]:
         raw = self.model(images)  # one plain pass: the loss's, and the scores when plain
         out = {"out": raw["out"]} if inference.plain else inference(self.model, images)
-        loss = self._loss(raw, batch["mask"])
-        self.log(
-            f"{prefix}/loss",
-            loss,
-            on_epoch=True,
-            sync_dist=True,
-            prog_bar=prefix == "val",
-            batch_size=images.shape[0],
-        )
-        if not test:
-            self.metrics["val"].update(out["out"], batch["mask"])
-            return out
-        pred = self.evaluator.update(out["out"], batch["mask"], batch)
-        return {**out, "pred": pred}
+        return out, self._loss(raw, mask)

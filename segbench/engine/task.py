@@ -210,10 +210,17 @@ class SegmentationTask(pl.LightningModule):
         self.metrics["fit"].update(out["out"].detach(), batch["mask"])
         return loss
 
+    def _predict_with_loss(
+        self, images: Tensor, mask: Tensor, inference: Inference
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """The evaluation's outputs (``inference`` of the model on ``images``) and its loss;
+        a task whose loss needs more than ``out`` (Mask2Former's) overrides it."""
+        out = inference(self.model, images)
+        return out, self._loss(out, mask)
+
     def _eval_step(self, batch: dict, test: bool, prefix: str) -> dict[str, Tensor]:
         inference = self.inference if test else self.val_inference
-        out = inference(self.model, batch["image"])
-        loss = self._loss(out, batch["mask"])
+        out, loss = self._predict_with_loss(batch["image"], batch["mask"], inference)
         self.log(
             f"{prefix}/loss",
             loss,

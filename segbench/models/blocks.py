@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["conv_bn_relu", "separable_conv_bn_relu"]
+__all__ = ["conv_bn_relu", "fcn_aux_head", "separable_conv_bn_relu"]
 
 
 def conv_bn_relu(
@@ -68,3 +68,15 @@ def conv_bn_relu_depthwise(channels: int, kernel_size: int, dilation: int) -> li
         nn.BatchNorm2d(channels),
         nn.ReLU(inplace=True),
     ]
+
+
+def fcn_aux_head(
+    in_channels: int, channels: int, num_classes: int, dropout: float
+) -> nn.Sequential:
+    """The auxiliary FCN classifier of PSPNet and UPerNet (deep supervision on an encoder
+    level): 3×3 conv → BN → ReLU → dropout → 1×1 classifier."""
+    return nn.Sequential(
+        conv_bn_relu(in_channels, channels, 3),
+        nn.Dropout(dropout),
+        nn.Conv2d(channels, num_classes, 1),
+    )

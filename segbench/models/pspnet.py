@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segbench.models.base import SegmentationModel
-from segbench.models.blocks import conv_bn_relu
+from segbench.models.blocks import conv_bn_relu, fcn_aux_head
 from segbench.models.encoders import encoder_name, require_dilated
 
 __all__ = ["PSPNet", "PyramidPooling"]
@@ -120,11 +120,7 @@ class PSPNet(SegmentationModel):
         head = nn.Conv2d(channels, num_classes, 1)
         aux_head = None
         if aux:
-            aux_head = nn.Sequential(
-                conv_bn_relu(encoder.channels[-2], aux_channels, 3),
-                nn.Dropout(dropout),
-                nn.Conv2d(aux_channels, num_classes, 1),
-            )
+            aux_head = fcn_aux_head(encoder.channels[-2], aux_channels, num_classes, dropout)
         super().__init__(
             encoder,
             decoder,
