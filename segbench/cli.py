@@ -39,6 +39,7 @@ VERBS = {
         Verb("complexity", "segbench.bench.complexity", "parameters and GFLOPs vs the papers"),
         Verb("inference-bench", "segbench.bench.inference", "seconds/image of each eval mode"),
         Verb("weights", "segbench.weights_cli", "fetch or list the encoders' ImageNet weights"),
+        Verb("zoo", "segbench.zoo.cli", "list or fetch published checkpoints (ckpt=source:name)"),
         Verb("predict", "segbench.deploy.predict", "predict images, folders or video"),
         Verb("export", "segbench.deploy.exporting", "export a checkpoint to ONNX or TorchScript"),
         Verb("serve", "segbench.deploy.server", "a web page and JSON API around a checkpoint"),

@@ -13,6 +13,7 @@ An experiment that reproduces a paper or a model-zoo entry carries a ``reference
           metrics: {mIoU: 62.7, pixel_acc: 90.3, mean_acc: 75.9}   # in %, as printed
           table: Table 2 ...
           protocol: single scale, whole image, ...
+          dataset: voc     # optional: the dataset it was measured on, when not the run's
       comparable: true     # false: the source's figures are not ones segbench computes
 
 The block travels with the run config into ``results.json`` (training and evaluation runs),
@@ -52,6 +53,7 @@ METRICS = {
 }
 _KEYS = {"experiment", "source", "checked", "tolerance", "results", "comparable", "notes", "needs"}
 _RESULT_KEYS = {"split", "metrics", "table", "protocol"}
+_OPTIONAL_RESULT_KEYS = {"dataset"}  # where the figure was measured, when it may not be the run's
 
 
 class ReferenceBlockError(ValueError):
@@ -109,14 +111,15 @@ def check_reference(node: Mapping | None, where: str = "reference") -> dict | No
             )
         entry = dict(entry)
         missing = sorted(_RESULT_KEYS - set(entry))
-        extra = sorted(set(entry) - _RESULT_KEYS)
+        extra = sorted(set(entry) - _RESULT_KEYS - _OPTIONAL_RESULT_KEYS)
         if missing or extra:
             key = (missing or extra)[0]
             what = "missing" if missing else "unknown key"
             raise ReferenceBlockError(
-                f"{at}.{key}: {what}; a result has {', '.join(sorted(_RESULT_KEYS))}"
+                f"{at}.{key}: {what}; a result has {', '.join(sorted(_RESULT_KEYS))} "
+                f"(and optionally {', '.join(sorted(_OPTIONAL_RESULT_KEYS))})"
             )
-        for key in ("split", "table", "protocol"):
+        for key in ("split", "table", "protocol", *(k for k in ("dataset",) if k in entry)):
             if not isinstance(entry[key], str) or not entry[key].strip():
                 raise ReferenceBlockError(f"{at}.{key}: expected a non-empty string")
         metrics = entry["metrics"]
@@ -147,9 +150,17 @@ def published(record: Mapping, metric: str = "mIoU") -> float | None:
     if ref is None or not ref.get("comparable", True):
         return None
     for entry in ref["results"]:
-        if entry["split"] == record.get("split") and metric in entry["metrics"]:
+        if _same_data(entry, record) and metric in entry["metrics"]:
             return float(entry["metrics"][metric])
     return None
+
+
+def _same_data(entry: Mapping, record: Mapping) -> bool:
+    """Whether published result ``entry`` was measured on ``record``'s split (and dataset, when
+    the entry names one: a published checkpoint's figure may be on data the run is not)."""
+    if entry["split"] != record.get("split"):
+        return False
+    return "dataset" not in entry or entry["dataset"] == record.get("dataset")
 
 
 def compare(record: Mapping, tolerance: float | None = None) -> list[dict]:
@@ -158,6 +169,8 @@ def compare(record: Mapping, tolerance: float | None = None) -> list[dict]:
 
     Verdicts: ``reproduced`` (|Δ| <= tolerance), ``below`` / ``above`` (outside it),
     ``other split`` (published on another split than the run's: not compared),
+    ``other dataset`` (published on another dataset than the run's, such as torchvision's
+    COCO-with-VOC-labels figures beside a VOC evaluation: not compared),
     ``not computed`` (the run has no such figure), ``not comparable`` (the source's measure is
     not one segbench computes), ``no reference``.
     """
@@ -185,6 +198,9 @@ def compare(record: Mapping, tolerance: float | None = None) -> list[dict]:
                 row["verdict"] = "not comparable"
             elif entry["split"] != split:
                 row["verdict"] = "other split"
+            elif not _same_data(entry, record):
+                row["verdict"] = "other dataset"
+                row["dataset"] = entry["dataset"]
             elif measured is None or not _number(measured):
                 row["verdict"] = "not computed"
             else:

@@ -326,7 +326,9 @@ def merge_eval_config(cfg: DictConfig, trained: DictConfig, ckpt_path: str) -> D
         )
     dataset = trained.dataset
     if cfg.get("dataset") is not None:
-        asked = cfg.dataset
+        # resolved here, against the evaluation's config (its data_root), before its nodes
+        # move into the run config
+        asked = OmegaConf.create(OmegaConf.to_container(cfg.dataset, resolve=True))
         if "_target_" in asked and asked.get("name") != dataset.get("name"):
             dataset = asked  # another dataset: must share the label set (checked below)
         else:  # tweaks of the trained dataset (debug sizes, batch size, root, ...);
@@ -355,7 +357,17 @@ def merge_eval_config(cfg: DictConfig, trained: DictConfig, ckpt_path: str) -> D
 
 
 def evaluation_config(cfg: DictConfig) -> tuple[DictConfig, dict]:
-    """The run config of evaluating checkpoint ``cfg.ckpt`` as ``cfg`` asks, and its weights."""
+    """The run config of evaluating checkpoint ``cfg.ckpt`` as ``cfg`` asks, and its weights.
+
+    ``ckpt=<source>:<name>`` (``torchvision:``, ``mmseg:``, ``smp:``, ``hf:``) is another
+    library's published checkpoint, converted (:mod:`segbench.zoo`)."""
+    from segbench.zoo import parse_spec
+
+    spec = parse_spec(cfg.ckpt)
+    if spec is not None:
+        from segbench.zoo.load import zoo_evaluation_config
+
+        return zoo_evaluation_config(cfg, spec)
     ckpt_path = str(cfg.ckpt)
     ckpt = load_checkpoint(ckpt_path)
     trained = trained_config(ckpt, ckpt_path, list(cfg.get("allow_targets") or []))

@@ -9,6 +9,7 @@ Geometric and photometric augmentation is done by albumentations, configured per
       hflip: 0.5            # horizontal-flip probability
       jitter: {brightness: 0.25, contrast: 0.25, saturation: 0.25, hue: 0.0, p: 0.5}
       resize: null          # fixed (H, W) before everything else
+      resize_short: null    # the shorter side to N pixels, aspect kept (torchvision's protocol)
 
 Masks are always resized with nearest neighbour (never interpolated) and padded with the
 ignore index, so padding adds nothing to the loss or the metrics.
@@ -65,7 +66,8 @@ def _pair(value: Sequence[int] | int, key: str) -> tuple[int, int]:
 class SegTransform:
     """An albumentations pipeline for an image and its label mask, then normalisation.
 
-    The steps, each off when its argument is ``None`` (or 0): fixed ``resize``, random
+    The steps, each off when its argument is ``None`` (or 0): ``resize_short``, fixed
+    ``resize``, random
     ``scale``, ``crop`` (padding image with 0 and mask with ``ignore_index`` where the image is
     smaller), horizontal flip, colour ``jitter``, normalisation. Masks are resized with nearest
     neighbour only.
@@ -74,6 +76,11 @@ class SegTransform:
         ignore_index: label written into padded mask pixels.
         mean, std: normalisation in [0, 1] units.
         resize: ``[H, W]`` every image is resized to first.
+        resize_short: the shorter side resized to this many pixels, the aspect ratio kept (the
+            longer side truncated), image and mask alike, before every other step: torchvision's
+            segmentation protocol (its weights' ``resize_size=520``), computed as torchvision
+            computes it on PIL images (PIL's bilinear filter for the image, nearest for the
+            mask), so that an evaluation matches its reference scripts pixel for pixel.
         scale: ``[low, high]`` range of a random rescale factor (e.g. ``[0.5, 2.0]``).
         crop: ``[H, W]`` random crop size.
         hflip: horizontal-flip probability.
@@ -93,7 +100,15 @@ class SegTransform:
         crop: Sequence[int] | None = None,
         hflip: float = 0.0,
         jitter: Mapping[str, float] | None = None,
+        resize_short: int | None = None,
     ) -> None:
+        if resize_short is not None and (
+            isinstance(resize_short, bool) or not isinstance(resize_short, int) or resize_short < 1
+        ):
+            raise ValueError(
+                f"resize_short must be a positive number of pixels, got {resize_short!r}"
+            )
+        self.resize_short = resize_short
         steps: list[A.BasicTransform] = []
         if resize is not None:
             h, w = _pair(resize, "resize")
@@ -151,6 +166,8 @@ class SegTransform:
 
     def smallest_output(self, height: int, width: int) -> tuple[int, int]:
         """The smallest ``(H, W)`` an image of ``height x width`` can come out as."""
+        if self.resize_short is not None:
+            height, width = short_side_size(height, width, self.resize_short)
         if self.resize is not None:
             height, width = self.resize
         height, width = int(height * self.min_scale), int(width * self.min_scale)
@@ -166,6 +183,8 @@ class SegTransform:
 
     def augment(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The geometric and photometric steps only: ``uint8`` image and mask out."""
+        if self.resize_short is not None:
+            image, mask = resize_short_side(image, mask, self.resize_short)
         if self.pipeline is None:
             return image, mask
         dtype = mask.dtype
@@ -181,6 +200,32 @@ class SegTransform:
         """Normalised ``(B, 3, H, W)`` images back to ``uint8`` RGB."""
         t = self.to_tensor
         return (images.cpu() * t.std + t.mean).clamp(0, 255).byte()
+
+
+def short_side_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """``(H, W)`` with the shorter side ``size`` and the longer one scaled and truncated, as
+    torchvision's ``resize(img, [size])`` computes it."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+def resize_short_side(
+    image: np.ndarray, mask: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` (``uint8 (H, W, 3)``) and ``mask`` with their shorter side ``size``: the image
+    by PIL's bilinear filter (antialiased when shrinking), the mask by PIL's nearest neighbour,
+    as torchvision resizes PIL images."""
+    from PIL import Image
+
+    height, width = short_side_size(image.shape[0], image.shape[1], size)
+    if (height, width) == image.shape[:2]:
+        return image, mask
+    resized = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    dtype = mask.dtype
+    labels = mask.astype(np.int32) if dtype not in (np.uint8, np.int32) else mask
+    labels = np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
+    return resized, labels.astype(dtype, copy=False)
 
 
 def collate(batch: list[dict]) -> dict:

@@ -28,7 +28,13 @@ import torch
 from torch import nn
 
 from segbench.deploy.args import parse_key_values
-from segbench.deploy.predictor import Predictor, load_image, run_dir_of
+from segbench.deploy.predictor import (
+    Predictor,
+    checkpoint_name,
+    checkpoint_stem,
+    load_image,
+    run_dir_of,
+)
 
 __all__ = ["ExportRefused", "export", "main", "metadata"]
 
@@ -100,13 +106,14 @@ def metadata(predictor: Predictor, fmt: str, output: str, dynamic: bool, size) -
         "mean": [float(v) / 255 for v in t.to_tensor.mean.view(-1)],
         "std": [float(v) / 255 for v in t.to_tensor.std.view(-1)],
         "resize": list(t.resize) if getattr(t, "resize", None) else None,
+        "resize_short": getattr(t, "resize_short", None),
         "dynamic_hw": dynamic,
         "traced_size": list(size),
         "opset": OPSET if fmt == "onnx" else None,  # 18 when torch.export's exporter wrote it
         **{k: info[k] for k in ("model", "backbone", "dataset", "classes", "palette")},
         "ignore_index": info["ignore_index"],
         "eval_mode": info["eval_mode"],
-        "checkpoint": str(Path(predictor.ckpt).resolve()),
+        "checkpoint": checkpoint_name(predictor.ckpt),
     }
 
 
@@ -232,7 +239,7 @@ def export(args) -> dict:
     out = (
         Path(args.out)
         if args.out
-        else run_dir_of(args.ckpt) / "export" / (Path(args.ckpt).stem + suffix)
+        else run_dir_of(args.ckpt) / "export" / (checkpoint_stem(args.ckpt) + suffix)
     )
     if out.exists() and not args.overwrite:
         raise SystemExit(f"error: {out} exists; choose another out= or add overwrite=true")

@@ -87,8 +87,13 @@ class OnnxPredictor:
         }
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
-        """The size the network sees for an image of ``height x width``: the transform's resize,
-        else the traced size for a file exported at a fixed size, else the image's own."""
+        """The size the network sees for an image of ``height x width``: the transform's resize
+        (its short-side resize first), else the traced size for a file exported at a fixed size,
+        else the image's own."""
+        if self.meta.get("resize_short"):
+            from segbench.data.transforms import short_side_size
+
+            height, width = short_side_size(height, width, int(self.meta["resize_short"]))
         if self.meta.get("resize"):
             return tuple(self.meta["resize"])
         if not self.meta.get("dynamic_hw", True):
@@ -98,6 +103,10 @@ class OnnxPredictor:
     def tensor(self, image: np.ndarray) -> np.ndarray:
         """``image`` (uint8 RGB) through the exported evaluation transform: ``(3, h, w)``."""
         h, w = self.input_size(*image.shape[:2])
+        if self.meta.get("resize_short") and not self.meta.get("resize"):
+            from segbench.data.transforms import resize_short_side
+
+            image, _ = resize_short_side(image, image[..., 0], int(self.meta["resize_short"]))
         if (h, w) != image.shape[:2]:
             import cv2
 

@@ -33,6 +33,8 @@ from segbench.deploy.images import (
 from segbench.metrics import class_map
 
 __all__ = [
+    "checkpoint_name",
+    "checkpoint_stem",
     "ImageError",
     "Prediction",
     "Predictor",
@@ -54,9 +56,31 @@ class Prediction:
 
 
 def run_dir_of(ckpt: str | Path) -> Path:
-    """The run directory a checkpoint belongs to (``<run>/checkpoints/<name>.ckpt``)."""
+    """The run directory a checkpoint belongs to (``<run>/checkpoints/<name>.ckpt``); for a
+    published checkpoint (``torchvision:fcn_resnet50``), ``outputs/zoo/<source>_<name>``."""
+    from segbench.zoo.spec import parse_spec, slug
+
+    spec = parse_spec(str(ckpt))
+    if spec is not None:
+        return Path("outputs") / "zoo" / slug(spec)
     ckpt = Path(ckpt).resolve()
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def checkpoint_name(ckpt: str | Path) -> str:
+    """How records name ``ckpt``: its absolute path, or a published checkpoint's spec."""
+    from segbench.zoo.spec import parse_spec
+
+    spec = parse_spec(str(ckpt))
+    return str(spec) if spec is not None else str(Path(ckpt).resolve())
+
+
+def checkpoint_stem(ckpt: str | Path) -> str:
+    """A file-name stem for outputs made from ``ckpt`` (``best``, ``torchvision_fcn_resnet50``)."""
+    from segbench.zoo.spec import parse_spec, slug
+
+    spec = parse_spec(str(ckpt))
+    return slug(spec) if spec is not None else Path(ckpt).stem
 
 
 class Predictor:

@@ -308,6 +308,7 @@ def validation_inference(inference: Inference, keys: DictConfig | dict | None) -
         "stride": base.stride,
         "scales": base.scales,
         "flip": base.flip,
+        "rescale": base.rescale,
     }
     if given.get("mode", base.mode) != base.mode:  # another mode: its own windows
         settings.update(crop=None, stride=None)

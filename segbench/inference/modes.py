@@ -107,6 +107,11 @@ class Inference:
             normalised image) and the scores cropped back.
         scales: image scales to average (``[1.0]``: single scale).
         flip: also average the horizontally flipped image at every scale.
+        rescale: ``[long, short]``: before the passes, the image is rescaled, keeping its aspect
+            ratio, to the largest size whose long side is at most ``long`` and short side at
+            most ``short`` (mmsegmentation's ``Resize(scale=(2048, 512), keep_ratio=True)`` test
+            step: ADE20K's 512 short side); ``scales`` are relative to that size, and the scores
+            are resized back to the input (the label's) size. ``None``: the input size.
     """
 
     def __init__(
@@ -116,6 +121,7 @@ class Inference:
         stride: Sequence[int] | None = None,
         scales: Sequence[float] = (1.0,),
         flip: bool = False,
+        rescale: Sequence[int] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"inference.mode must be one of {list(MODES)}, got {mode!r}")
@@ -151,6 +157,16 @@ class Inference:
         if not isinstance(flip, bool):
             raise ValueError(f"inference.flip must be true or false, got {flip!r}")
         self.flip = flip
+        self.rescale = _pair("rescale", rescale)
+
+    def rescaled(self, height: int, width: int) -> tuple[int, int]:
+        """The size an ``height x width`` image is predicted at before ``scales``: itself, or
+        with ``rescale``, the keep-ratio size fitting ``[long, short]`` (rounded as mmcv's
+        ``rescale_size``)."""
+        if self.rescale is None:
+            return height, width
+        factor = min(max(self.rescale) / max(height, width), min(self.rescale) / min(height, width))
+        return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
     def single_scale(self) -> Inference:
         """The single-scale part of this inference, as validation predicts by default: the
@@ -160,12 +176,17 @@ class Inference:
             scale = self.scales[0]
         else:
             scale = min(self.scales, key=lambda s: (abs(s - 1.0), s))
-        return Inference(self.mode, self.crop, self.stride, (scale,), False)
+        return Inference(self.mode, self.crop, self.stride, (scale,), False, self.rescale)
 
     @property
     def plain(self) -> bool:
         """One forward pass of the whole image at its own size: the model's output as is."""
-        return self.mode == "whole" and self.passes == 1 and self.scales == (1.0,)
+        return (
+            self.mode == "whole"
+            and self.passes == 1
+            and self.scales == (1.0,)
+            and self.rescale is None
+        )
 
     @property
     def passes(self) -> int:
@@ -175,7 +196,8 @@ class Inference:
     @property
     def label(self) -> str:
         """How results and tables name the setting: ``single-scale``, ``slide``, ``ms+flip``…"""
-        parts = ["slide"] if self.mode == "slide" else []
+        parts = [f"resize{max(self.rescale)}x{min(self.rescale)}"] if self.rescale else []
+        parts += ["slide"] if self.mode == "slide" else []
         if len(self.scales) > 1:
             parts.append("ms")
         elif self.scales[0] != 1.0:
@@ -186,14 +208,17 @@ class Inference:
 
     def __repr__(self) -> str:
         window = f", crop={list(self.crop)}, stride={list(self.stride)}" if self.crop else ""
+        rescale = f", rescale={list(self.rescale)}" if self.rescale else ""
         return (
-            f"Inference(mode={self.mode!r}{window}, scales={list(self.scales)}, flip={self.flip})"
+            f"Inference(mode={self.mode!r}{window}, scales={list(self.scales)}, "
+            f"flip={self.flip}{rescale})"
         )
 
     def __call__(self, model: nn.Module, images: Tensor) -> dict[str, Tensor]:
         """``model`` in eval mode, ``images (B, 3, H, W)`` normalised → ``{"out": (B, K, H, W)
         scores at input size, "uncertainty"?: (B, H, W) when the model gives one}``."""
-        single = self.passes == 1 and self.scales == (1.0,)  # one pass at the input size
+        # one pass at the input size
+        single = self.passes == 1 and self.scales == (1.0,) and self.rescale is None
         if self.mode == "whole" and single:
             out = model(images)
             return {k: out[k] for k in ("out", "uncertainty") if k in out}
@@ -252,9 +277,10 @@ class Inference:
     def _tta(self, model: nn.Module, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Mean softmax over scales × flips at the input size; returns its log."""
         h, w = images.shape[-2:]
+        base_h, base_w = self.rescaled(h, w)
         probs = uncertainty = None
         for scale in self.scales:
-            size = (max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5)))
+            size = (max(1, int(base_h * scale + 0.5)), max(1, int(base_w * scale + 0.5)))
             x = _resize(images, size)  # (B, 3, h*s, w*s)
             for flip in (False, True) if self.flip else (False,):
                 scores, unc = self._predict(model, x.flip(-1) if flip else x)

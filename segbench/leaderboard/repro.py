@@ -2,7 +2,7 @@
 published (``config.reference``, :mod:`segbench.reference`), within the stated tolerance.
 
 Exit status: 0 when every compared figure is within its tolerance, 1 when one is not or when
-no figure could be compared (no reference, or published on another split only), 2 when no
+no figure could be compared (no reference, or published on another split or dataset only), 2 when no
 ``results.json`` was found.
 """
 
@@ -55,6 +55,12 @@ def _fmt(value: float | None, sign: bool = False) -> str:
     return f"{value:+.2f}" if sign else f"{value:.2f}"
 
 
+def _verdict(row: dict) -> str:
+    if row["verdict"] == "other dataset":
+        return f"other dataset ({row['dataset']})"
+    return row["verdict"]
+
+
 def format_runs(runs: list[dict]) -> str:
     """The runs' comparisons as Markdown tables, one per run."""
     out = []
@@ -75,7 +81,7 @@ def format_runs(runs: list[dict]) -> str:
             out.append(
                 f"| {r['metric']} | {r['split']} | {_fmt(r['published'])} | "
                 f"{_fmt(r['measured'])} | {_fmt(r['delta'], sign=True)} | ±{r['tolerance']:g} | "
-                f"{r['verdict']} | {r['table']}; {r['protocol']} |"
+                f"{_verdict(r)} | {r['table']}; {r['protocol']} |"
             )
         out.append("")
     return "\n".join(out)
@@ -119,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps({"runs": runs}, indent=2) + "\n", encoding="utf-8")
         print(f"written: {path}")
     if not compared:
-        print("nothing compared: no published figure on the runs' splits")
+        print("nothing compared: no published figure on the runs' splits and datasets")
         return 1
     print(
         f"{len(compared) - len(outside)} of {len(compared)} published figures reproduced "

@@ -1,0 +1,188 @@
+"""``segbench zoo``: the published checkpoints segbench evaluates (``ckpt=<source>:<name>``),
+and their files fetched into the caches the loaders read, where there is internet.
+
+::
+
+    segbench zoo list                          # every entry: params, GFLOPs, figure, cached
+    segbench zoo list --source mmseg --measure # params counted on the segbench network
+    segbench zoo list --markdown               # the manual's table of commands and figures
+    segbench zoo fetch torchvision:fcn_resnet50 mmseg:pspnet_r50-d8_4xb2-40k_cityscapes-512x1024
+    segbench zoo fetch smp:smp-hub/segformer-b0-512x512-ade-160k   # any hub repository
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from segbench.models.pretrained import PretrainedUnavailable
+from segbench.zoo.registry import ZooEntry, entries
+from segbench.zoo.spec import SOURCES, parse_spec
+
+__all__ = ["cached_file", "main", "markdown_table", "zoo_rows"]
+
+
+def cached_file(entry: ZooEntry):
+    """The entry's file in its cache (a ``Path``), or ``None``."""
+    if entry.url:
+        from segbench.zoo.files import cache_path
+
+        path = cache_path(entry.file_name)
+        return path if path.is_file() else None
+    from segbench.models.hub import cached_files
+
+    found = cached_files(entry.repo)
+    return found[0] if found else None
+
+
+def _measured_params(entry: ZooEntry) -> int:
+    """Parameters of the segbench network the entry becomes (built on the meta device)."""
+    import torch
+
+    from segbench.checkpoints.loader import build_model
+    from segbench.config import compose_train_config
+    from segbench.models.base import count_parameters
+
+    cfg = compose_train_config([*entry.overrides, f"dataset={entry.dataset}"])
+    with torch.device("meta"):
+        return count_parameters(build_model(cfg.model))
+
+
+def _figure(entry: ZooEntry) -> str:
+    if not entry.reference:
+        return "—"
+    result = entry.reference["results"][0]
+    metric, value = next(iter(result["metrics"].items()))
+    return f"{metric} {value:g} ({result.get('dataset', entry.dataset)} {result['split']})"
+
+
+def zoo_rows(source: str | None = None, measure: bool = False) -> list[dict]:
+    """One row per entry (of ``source``): name, params, GFLOPs, published figure, cached, MB."""
+    rows = []
+    for entry in entries().values():
+        if source and entry.source != source:
+            continue
+        path = cached_file(entry)
+        published = entry.published
+        rows.append(
+            {
+                "name": str(entry.spec),
+                "params_m": (
+                    _measured_params(entry) / 1e6
+                    if measure
+                    else (published["params"] / 1e6 if "params" in published else None)
+                ),
+                "gflops": published.get("gflops"),
+                "gflops_input": published.get("gflops_input"),
+                "published": _figure(entry),
+                "cached": path is not None,
+                "size_mb": (path.stat().st_size / 1e6) if path else published.get("size_mb"),
+            }
+        )
+    return rows
+
+
+def _fmt(value, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _list(source: str | None, measure: bool) -> int:
+    rows = zoo_rows(source, measure)
+    if not rows:
+        print(f"no entries{f' of source {source}' if source else ''} in conf/zoo")
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    params = "params (M, measured)" if measure else "params (M)"
+    print(f"{'name':<{width}}  {params:>20}  {'GFLOPs':>8}  {'published':<34}  cached  {'MB':>7}")
+    for r in rows:
+        print(
+            f"{r['name']:<{width}}  {_fmt(r['params_m'], '.2f'):>20}  "
+            f"{_fmt(r['gflops'], '.1f'):>8}  {r['published']:<34}  "
+            f"{'yes' if r['cached'] else 'no':<6}  {_fmt(r['size_mb'], '.1f'):>7}"
+        )
+    print(
+        "params and GFLOPs: the publisher's figures (--measure: counted on the segbench "
+        "network); MB: the cached file's size, else the publisher's"
+    )
+    return 0
+
+
+def markdown_table(source: str | None = None) -> str:
+    """The published-checkpoints table of the manual: per entry the command that evaluates it,
+    the published figures with their dataset and protocol, and a measured column left empty
+    (segbench does not make figures up; a measured one is added by hand with its command)."""
+    lines = [
+        "| checkpoint | command | published (dataset, split) | protocol | measured |",
+        "|---|---|---|---|---|",
+    ]
+    for entry in entries().values():
+        if source and entry.source != source:
+            continue
+        command = (
+            f"`uv run python evaluate.py ckpt={entry.spec} dataset={entry.dataset} data_root=/data`"
+        )
+        published, protocol = "—", "—"
+        if entry.reference:
+            result = entry.reference["results"][0]
+            figures = ", ".join(f"{k} {v:g}" for k, v in result["metrics"].items())
+            published = f"{figures} ({result.get('dataset', entry.dataset)}, {result['split']})"
+            protocol = result["protocol"]
+        lines.append(f"| `{entry.spec}` | {command} | {published} | {protocol} | |")
+    return "\n".join(lines)
+
+
+def _fetch(items: list[str], timeout: float) -> int:
+    from segbench.models.hub import fetch_hf, hf_repo
+    from segbench.zoo.files import ZooFileError, download
+    from segbench.zoo.registry import find_entry
+
+    status = 0
+    for item in items:
+        try:
+            spec = parse_spec(item)
+            if spec is None:
+                raise ValueError(
+                    f"{item!r}: expected <source>:<name> with a source of {', '.join(SOURCES)} "
+                    "(segbench zoo list)"
+                )
+            entry = find_entry(spec)
+            if entry is not None and entry.url:
+                path = download(entry.url, entry.file_name, timeout, check_cached=True)
+            elif spec.source in ("smp", "hf"):
+                repo = entry.repo if entry is not None else hf_repo(f"hf:{spec.name}")
+                path = fetch_hf(repo, timeout)
+            else:
+                raise ValueError(f"{item}: segbench's zoo lists no such {spec.source} checkpoint")
+        except (PretrainedUnavailable, ValueError, ZooFileError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"{item}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="segbench zoo",
+        description="Published checkpoints of torchvision, mmsegmentation, smp and Hugging Face "
+        "that segbench evaluates as ckpt=<source>:<name> (conf/zoo/*.yaml).",
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    listing = sub.add_parser("list", help="the entries, with published figures and cache state")
+    listing.add_argument("--source", choices=list(SOURCES), default=None)
+    listing.add_argument(
+        "--measure", action="store_true", help="count parameters on the segbench networks"
+    )
+    listing.add_argument(
+        "--markdown", action="store_true", help="the manual's table: commands and figures"
+    )
+    fetch = sub.add_parser("fetch", help="download checkpoints into the caches (needs internet)")
+    fetch.add_argument("items", nargs="+", help="source:name, as ckpt= takes them")
+    fetch.add_argument("--timeout", type=float, default=20.0, help="seconds per connection")
+    args = parser.parse_args(argv)
+    if args.action == "list" and args.markdown:
+        print(markdown_table(args.source))
+        return 0
+    if args.action == "list":
+        return _list(args.source, args.measure)
+    return _fetch(args.items, args.timeout)
