@@ -10,6 +10,7 @@ from segbench.models.encoders.base import (
     require_pooling,
 )
 from segbench.models.encoders.mit import MiTEncoder as MiTEncoder
+from segbench.models.encoders.mobilenetv3 import MobileNetV3Encoder as MobileNetV3Encoder
 from segbench.models.encoders.timm import TimmEncoder
 from segbench.models.encoders.vgg import VGGEncoder
 
