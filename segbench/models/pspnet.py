@@ -5,6 +5,14 @@ average-pooled to 1×1, 2×2, 3×3 and 6×6 bins, each reduced by a 1×1 conv to
 channels, upsampled back and concatenated with the feature map itself; a 3×3 conv and a
 1×1 classifier follow. A deeply supervised auxiliary classifier on the stage before last
 (res4b22 in the paper) adds a loss weighted 0.4 during training.
+
+Options for segmentation_models_pytorch's ``PSPNet`` (``smp:`` checkpoints,
+:mod:`segbench.models.smp_convert`), defaults unchanged: smp reads a shallow, undilated encoder
+(``encoder_depth=3``: the stride-8 level, ResNet's layer2), its 1×1 bin has a conv with bias and
+no BatchNorm (``ppm_global_bn=False``), the bins are upsampled with ``align_corners=True``
+(``ppm_align_corners``) and concatenated before the input (``ppm_input_last``), a 1×1 conv
+follows (``conv_kernel=1``), and its head is a 3×3 conv whose logits are upsampled 8x with
+``align_corners=True`` (``head_kernel=3``, ``head_upsample=8``); no auxiliary head.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from torch import Tensor, nn
 from segbench.models.base import SegmentationModel
 from segbench.models.blocks import conv_bn_relu, fcn_aux_head
 from segbench.models.encoders import encoder_name, require_dilated
+from segbench.models.segformer import classifier
 
 __all__ = ["PSPNet", "PyramidPooling"]
 
@@ -30,29 +39,47 @@ class PyramidPooling(nn.Module):
     Args:
         in_channels: channels of the input feature map.
         bins: output sizes of the adaptive pools (1, 2, 3, 6).
+        global_bn: BatchNorm in the 1×1 bin's conv; ``False``: a conv with bias instead (smp).
+        align_corners: upsample the bins with ``align_corners=True`` (smp; default ``False``).
+        input_last: concatenate the input after the bins (smp) rather than before them.
     """
 
-    def __init__(self, in_channels: int, bins: tuple[int, ...] | list[int] = (1, 2, 3, 6)) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        bins: tuple[int, ...] | list[int] = (1, 2, 3, 6),
+        global_bn: bool = True,
+        align_corners: bool = False,
+        input_last: bool = False,
+    ) -> None:
         super().__init__()
         self.bins = [int(b) for b in bins]
         reduced = max(1, in_channels // len(self.bins))
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(b), conv_bn_relu(in_channels, reduced, 1))
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d(b),
+                conv_bn_relu(in_channels, reduced, 1, batch_norm=global_bn or b != 1),
+            )
             for b in self.bins
         )
         self.out_channels = in_channels + reduced * len(self.bins)
+        self.global_bn = bool(global_bn)
+        self.align_corners = bool(align_corners)
+        self.input_last = bool(input_last)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training and x.shape[0] == 1 and 1 in self.bins:
+        if self.training and x.shape[0] == 1 and 1 in self.bins and self.global_bn:
             raise ValueError(
                 "PSPNet pyramid pooling: BatchNorm on the pooled 1x1 bin needs a training batch "
                 "of at least 2 (got 1); raise dataset.batch_size"
             )
         size = x.shape[-2:]
         pooled = [
-            F.interpolate(stage(x), size=size, mode="bilinear", align_corners=False)
+            F.interpolate(stage(x), size=size, mode="bilinear", align_corners=self.align_corners)
             for stage in self.stages  # each (B, C/N, b, b) → (B, C/N, H/8, W/8)
         ]
+        if self.input_last:
+            return torch.cat([*pooled, x], dim=1)  # (B, 2C, H/8, W/8)
         return torch.cat([x, *pooled], dim=1)  # (B, 2C, H/8, W/8)
 
 
@@ -64,12 +91,23 @@ class PSPDecoder(nn.Module):
         bins: pyramid bin sizes.
         channels: width of the 3×3 conv (512).
         dropout: dropout before the classifier (0.1).
+        conv_kernel: kernel of the conv after the pooling (3; smp: 1).
+        ppm: further :class:`PyramidPooling` options (``global_bn``, ``align_corners``,
+            ``input_last``).
     """
 
-    def __init__(self, in_channels: int, bins: list[int], channels: int, dropout: float) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        bins: list[int],
+        channels: int,
+        dropout: float,
+        conv_kernel: int = 3,
+        **ppm: bool,
+    ) -> None:
         super().__init__()
-        self.ppm = PyramidPooling(in_channels, bins)
-        self.conv = conv_bn_relu(self.ppm.out_channels, channels, 3)
+        self.ppm = PyramidPooling(in_channels, bins, **ppm)
+        self.conv = conv_bn_relu(self.ppm.out_channels, channels, int(conv_kernel))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, features: list[Tensor]) -> Tensor:
@@ -95,6 +133,13 @@ class PSPNet(SegmentationModel):
         aux_channels: width of the auxiliary 3×3 conv (256).
         dropout: dropout before both classifiers (0.1).
         aux_weight: loss weight of the auxiliary output (0.4 in the paper; unused without it).
+        ppm_global_bn: BatchNorm in the 1×1 bin (the paper); ``False``: a conv with bias (smp).
+        ppm_align_corners: upsample the bins with ``align_corners=True`` (smp).
+        ppm_input_last: concatenate the input after the bins (smp), not before.
+        conv_kernel: kernel of the conv after the pooling (3; smp: 1).
+        head_kernel: kernel of the classifier conv (1; smp: 3, "same" padding).
+        head_upsample: upsample the logits this many times bilinearly with
+            ``align_corners=True`` in the head (smp: 8) before the resize to the input size.
     """
 
     def __init__(
@@ -108,6 +153,12 @@ class PSPNet(SegmentationModel):
         aux_channels: int = 256,
         dropout: float = 0.1,
         aux_weight: float = 0.4,
+        ppm_global_bn: bool = True,
+        ppm_align_corners: bool = False,
+        ppm_input_last: bool = False,
+        conv_kernel: int = 3,
+        head_kernel: int = 1,
+        head_upsample: int = 1,
     ) -> None:
         require_dilated(encoder, output_stride, "PSPNet")
         if aux and len(encoder.channels) < 2:
@@ -116,8 +167,17 @@ class PSPNet(SegmentationModel):
                 f"PSPNet: encoder {name!r} returns one feature level, the auxiliary head "
                 "needs the stage before last; use a backbone such as resnet50 or set aux=false"
             )
-        decoder = PSPDecoder(encoder.channels[-1], list(bins), channels, dropout)
-        head = nn.Conv2d(channels, num_classes, 1)
+        decoder = PSPDecoder(
+            encoder.channels[-1],
+            list(bins),
+            channels,
+            dropout,
+            conv_kernel,
+            global_bn=ppm_global_bn,
+            align_corners=ppm_align_corners,
+            input_last=ppm_input_last,
+        )
+        head = classifier(channels, num_classes, head_kernel, head_upsample)
         aux_head = None
         if aux:
             aux_head = fcn_aux_head(encoder.channels[-2], aux_channels, num_classes, dropout)

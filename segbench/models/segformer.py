@@ -11,7 +11,12 @@ upsampled bilinearly to the input size. There is no auxiliary head.
 The decoder runs on any encoder: it fuses the last four levels the encoder returns (all of
 them when it returns fewer) at the resolution of the finest of them. Hugging Face's
 ``SegformerForSemanticSegmentation`` checkpoints convert to this model with
-:func:`segbench.models.segformer_hf.convert_segformer`.
+:func:`segbench.models.segformer_hf.convert_segformer`; segmentation_models_pytorch's
+``Segformer`` (``smp-hub/segformer-*``) with :func:`segbench.models.smp_convert.convert_segformer`,
+on a MiT built with ``block_norm_eps=1e-6`` and ``head_upsample=4``: smp's head upsamples the
+stride-4 logits 4x bilinearly with ``align_corners=True`` (:class:`UpsamplingHead`, also used by
+the other models' smp options) before the usual resize to the input size, which is then the
+identity for inputs whose sides divide by 4.
 """
 
 from __future__ import annotations
@@ -26,7 +31,49 @@ from segbench.models.base import SegmentationModel
 from segbench.models.blocks import conv_bn_relu
 from segbench.models.encoders import encoder_name
 
-__all__ = ["AllMLPDecoder", "SegFormer"]
+__all__ = ["AllMLPDecoder", "SegFormer", "UpsamplingHead", "classifier"]
+
+
+class UpsamplingHead(nn.Conv2d):
+    """A classifier conv ("same" padding, with bias) whose logits are upsampled ``upsampling``
+    times bilinearly with ``align_corners=True``, as segmentation_models_pytorch's
+    ``SegmentationHead`` (conv, then ``nn.Upsample``). Its parameters are the conv's own
+    (``weight``, ``bias``), so it loads the weights of a plain ``nn.Conv2d`` classifier.
+
+    Args:
+        in_channels: channels of the decoder output.
+        num_classes: number of classes.
+        kernel_size: the conv's kernel (odd).
+        upsampling: the integer upsampling factor (1: none).
+    """
+
+    def __init__(
+        self, in_channels: int, num_classes: int, kernel_size: int = 1, upsampling: int = 1
+    ) -> None:
+        if int(kernel_size) % 2 != 1 or int(upsampling) < 1:
+            raise ValueError(
+                f"classifier: kernel_size must be odd and upsampling at least 1, got "
+                f"kernel_size={kernel_size}, upsampling={upsampling}"
+            )
+        super().__init__(in_channels, num_classes, int(kernel_size), padding=int(kernel_size) // 2)
+        self.upsampling = int(upsampling)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = super().forward(x)  # (B, K, h, w)
+        if self.upsampling == 1:
+            return y
+        size = (y.shape[-2] * self.upsampling, y.shape[-1] * self.upsampling)
+        return F.interpolate(y, size=size, mode="bilinear", align_corners=True)  # (B, K, uh, uw)
+
+
+def classifier(
+    in_channels: int, num_classes: int, kernel_size: int = 1, upsampling: int = 1
+) -> nn.Conv2d:
+    """The classifier of a model: a plain 1×1 ``nn.Conv2d`` by default (the keys and behaviour
+    of every segbench checkpoint), else an :class:`UpsamplingHead`."""
+    if int(kernel_size) == 1 and int(upsampling) == 1:
+        return nn.Conv2d(in_channels, num_classes, 1)
+    return UpsamplingHead(in_channels, num_classes, kernel_size, upsampling)
 
 
 class AllMLPDecoder(nn.Module):
@@ -38,15 +85,28 @@ class AllMLPDecoder(nn.Module):
         dim: the common width ``C`` (256 for MiT-B0/B1, 768 for B2-B5).
         dropout: dropout before the classifier (0.1).
         levels: how many of the last encoder levels are fused (4).
+        proj: ``linear`` (the paper's MLP layer, Hugging Face's) or ``conv``: a 1×1 conv → BN →
+            ReLU per level (mmsegmentation's ``SegformerHead``).
     """
 
     def __init__(
-        self, in_channels: Sequence[int], dim: int = 256, dropout: float = 0.1, levels: int = 4
+        self,
+        in_channels: Sequence[int],
+        dim: int = 256,
+        dropout: float = 0.1,
+        levels: int = 4,
+        proj: str = "linear",
     ) -> None:
         super().__init__()
+        if proj not in ("linear", "conv"):
+            raise ValueError(f"SegFormer: model.proj must be linear or conv, got {proj!r}")
         self.levels = min(int(levels), len(in_channels))
         self.dim = int(dim)
-        self.proj = nn.ModuleList(nn.Linear(c, self.dim) for c in in_channels[-self.levels :])
+        self.conv_proj = proj == "conv"
+        self.proj = nn.ModuleList(
+            conv_bn_relu(c, self.dim, 1) if self.conv_proj else nn.Linear(c, self.dim)
+            for c in in_channels[-self.levels :]
+        )
         self.fuse = conv_bn_relu(self.dim * self.levels, self.dim, 1)
         self.drop = nn.Dropout(dropout)
 
@@ -55,7 +115,10 @@ class AllMLPDecoder(nn.Module):
         size = features[0].shape[-2:]
         maps = []
         for feature, proj in zip(features, self.proj):
-            x = proj(feature.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, C, h_i, w_i)
+            if self.conv_proj:
+                x = proj(feature)  # (B, C, h_i, w_i)
+            else:
+                x = proj(feature.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, C, h_i, w_i)
             if x.shape[-2:] != size:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             maps.append(x)  # (B, C, h_0, w_0)
@@ -73,6 +136,12 @@ class SegFormer(SegmentationModel):
             config reads it from the backbone config).
         dropout: dropout before the classifier (0.1).
         levels: how many of the last encoder levels the decoder fuses (4).
+        head_upsample: upsample the stride-4 logits this many times bilinearly with
+            ``align_corners=True`` in the head (segmentation_models_pytorch's Segformer: 4),
+            before the resize to the input size; 1 (default): no such step, the logits are
+            resized once with ``align_corners=False`` (the paper's code, Hugging Face).
+        proj: each level's projection: ``linear`` (the paper's) or ``conv`` (1×1 conv → BN →
+            ReLU, mmsegmentation's ``SegformerHead``, whose checkpoints need it).
     """
 
     def __init__(
@@ -82,6 +151,8 @@ class SegFormer(SegmentationModel):
         decoder_dim: int = 256,
         dropout: float = 0.1,
         levels: int = 4,
+        head_upsample: int = 1,
+        proj: str = "linear",
     ) -> None:
         channels = list(getattr(encoder, "channels", None) or [])
         if not channels:
@@ -91,6 +162,6 @@ class SegFormer(SegmentationModel):
             )
         if int(levels) < 1:
             raise ValueError(f"SegFormer: levels must be at least 1, got {levels}")
-        decoder = AllMLPDecoder(channels, decoder_dim, dropout, levels)
-        head = nn.Conv2d(decoder.dim, num_classes, 1)
+        decoder = AllMLPDecoder(channels, decoder_dim, dropout, levels, proj)
+        head = classifier(decoder.dim, num_classes, 1, head_upsample)
         super().__init__(encoder, decoder, head, num_classes)

@@ -11,6 +11,12 @@ two 3×3 convolutions fuse them. A 1×1 convolution gives the class scores.
 (``model=unet backbone=resnet18``): it reads ``encoder.channels`` and ``encoder.strides`` and
 upsamples by the stride ratio between consecutive levels.
 
+Options for segmentation_models_pytorch's ``Unet`` (``smp:`` checkpoints,
+:mod:`segbench.models.smp_convert`), defaults unchanged: ``upsample="nearest"`` (each stage
+resizes the coarser map to the skip's size by interpolation and keeps its channels, instead of
+the transposed conv), ``full_resolution=True`` (stages without skip after the finest level,
+doubling up to the input size, as smp's decoder ends at stride 1), ``head_kernel=3``.
+
 Differences from the paper, both needed by segbench's contract or training defaults:
 - the convolutions are padded ("same"), so each level keeps its input size and the logits come
   out at the input size; the paper used unpadded convolutions, cropped the skip features and
@@ -29,6 +35,7 @@ from torch import Tensor, nn
 from segbench.models.base import SegmentationModel
 from segbench.models.blocks import conv_bn_relu
 from segbench.models.encoders import encoder_name, pick_levels
+from segbench.models.segformer import classifier
 
 __all__ = ["UNet", "UNetDecoder", "UNetEncoder"]
 
@@ -137,19 +144,31 @@ def _match(x: Tensor, size: torch.Size) -> Tensor:
     return F.pad(x, (0, dw, 0, dh))
 
 
+UPSAMPLE_MODES = ("transposed", "nearest", "nearest-exact", "bilinear", "bicubic", "area")
+
+
 class UNetDecoder(nn.Module):
     """U-Net's expanding path over any encoder's levels.
 
     Stage ``i`` (coarse to fine) upsamples with a ``r×r`` stride-``r`` transposed conv (``r``
     the stride ratio to the next finer level, 2 in the paper) that halves the channels,
-    concatenates that level's encoder feature and applies two 3×3 convs.
+    concatenates that level's encoder feature and applies two 3×3 convs. With an interpolation
+    ``upsample`` mode the coarser map is resized to the skip's size instead, channels kept
+    (segmentation_models_pytorch's decoder). ``full_resolution`` adds stages without skip after
+    the finest level, one per halving of its stride, the last one at the input size
+    (``forward``'s ``size``), the others at ``size // stride`` (smp's empty stride-2 level of
+    encoders that start at stride 4).
 
     Args:
         in_channels: channels of every encoder level, finest first.
         strides: stride of every encoder level, finest first.
-        decoder_channels: output width of the stage ending at each skip level, finest first
-            (``len(in_channels) - 1`` entries); default: the skip levels' own widths (the paper).
+        decoder_channels: output width of every stage, finest first: (``full_resolution``) one
+            per extra stage from stride 1, then one per skip level; default: the skip levels'
+            own widths (the paper; not with ``full_resolution``).
         batch_norm: BatchNorm after every 3×3 conv.
+        upsample: ``"transposed"`` (the paper) or an ``F.interpolate`` mode (``"nearest"``:
+            smp's default, ``"bilinear"`` ...).
+        full_resolution: decode up to stride 1 (the finest stride must be a power of 2).
     """
 
     def __init__(
@@ -158,33 +177,71 @@ class UNetDecoder(nn.Module):
         strides: list[int],
         decoder_channels: list[int] | None = None,
         batch_norm: bool = True,
+        upsample: str = "transposed",
+        full_resolution: bool = False,
     ) -> None:
         super().__init__()
+        if upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"U-Net: upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
+        finest = int(strides[0])
+        if full_resolution and (finest < 1 or finest & (finest - 1)):
+            raise ValueError(
+                f"U-Net: full_resolution halves the finest stride down to 1; it is {finest}"
+            )
+        self.upsample = upsample
+        self.full_resolution = bool(full_resolution)
+        # the strides of the stages without skip, coarse to fine (full_resolution)
+        self.extra_strides = [finest >> k for k in range(1, finest.bit_length())]
+        self.extra_strides = self.extra_strides if full_resolution else []
         skips = list(in_channels[:-1])
+        n_extra = len(self.extra_strides)
+        if decoder_channels is None and n_extra:
+            raise ValueError("U-Net: full_resolution needs decoder_channels (finest first)")
         widths = list(skips if decoder_channels is None else decoder_channels)
-        if len(widths) != len(skips):
+        if len(widths) != len(skips) + n_extra:
             raise ValueError(
                 f"U-Net: decoder_channels needs one width per skip level ({len(skips)}, finest "
-                f"first), got {len(widths)}"
+                f"first)"
+                + (f" after one per extra stage ({n_extra})" if n_extra else "")
+                + f", got {len(widths)}"
             )
-        self.ups = nn.ModuleList()  # coarse to fine
+        extra_widths, widths = widths[:n_extra][::-1], widths[n_extra:]  # coarse to fine
+        self.ups = nn.ModuleList()  # coarse to fine; empty with interpolation
         self.blocks = nn.ModuleList()
         c_in = in_channels[-1]
-        for level in range(len(skips) - 1, -1, -1):
-            ratio = strides[level + 1] // strides[level]
-            c_up = max(c_in // 2, 1)
-            # ratio 1 (a dilated encoder) makes this a 1×1 conv that only halves the channels
-            self.ups.append(nn.ConvTranspose2d(c_in, c_up, ratio, stride=ratio))
-            self.blocks.append(_double_conv(c_up + skips[level], widths[level], batch_norm))
-            c_in = widths[level]
+        stages = [
+            (skips[lv], widths[lv], strides[lv + 1] // strides[lv]) for lv in range(len(skips))
+        ]
+        stages = stages[::-1] + [(0, w, 2) for w in extra_widths]
+        for skip, width, ratio in stages:
+            c_up = c_in
+            if upsample == "transposed":
+                c_up = max(c_in // 2, 1)
+                # ratio 1 (a dilated encoder) makes this a 1×1 conv that only halves the channels
+                self.ups.append(nn.ConvTranspose2d(c_in, c_up, ratio, stride=ratio))
+            self.blocks.append(_double_conv(c_up + skip, width, batch_norm))
+            c_in = width
         self.out_channels = c_in
 
-    def forward(self, features: list[Tensor]) -> Tensor:
+    def _up(self, i: int, x: Tensor, size: torch.Size | tuple[int, int]) -> Tensor:
+        if self.upsample == "transposed":
+            return _match(self.ups[i](x), size)
+        return F.interpolate(x, size=tuple(size), mode=self.upsample)
+
+    def forward(self, features: list[Tensor], size: torch.Size | None = None) -> Tensor:
+        """``features`` finest first → the finest level's (or, ``full_resolution``, the input
+        ``size``'s) map, ``decoder_channels[0]`` wide."""
         x = features[-1]  # (B, C_N, H/s_N, W/s_N)
-        for i, (up, block) in enumerate(zip(self.ups, self.blocks)):
+        n_skips = len(features) - 1
+        for i in range(n_skips):
             skip = features[-2 - i]  # (B, C_l, H/s_l, W/s_l)
-            x = _match(up(x), skip.shape[-2:])  # (B, C/2, H/s_l, W/s_l)
-            x = block(torch.cat([x, skip], dim=1))  # (B, width_l, H/s_l, W/s_l)
+            x = self._up(i, x, skip.shape[-2:])  # (B, C, H/s_l, W/s_l)
+            x = self.blocks[i](torch.cat([x, skip], dim=1))  # (B, width_l, H/s_l, W/s_l)
+        if self.extra_strides and size is None:
+            raise ValueError("U-Net: full_resolution decodes to the input size; pass `size`")
+        for j, stride in enumerate(self.extra_strides):
+            target = tuple(size) if stride == 1 else (size[0] // stride, size[1] // stride)
+            x = self.blocks[n_skips + j](self._up(n_skips + j, x, target))
         return x
 
 
@@ -200,6 +257,11 @@ class UNet(SegmentationModel):
         num_classes: number of classes.
         decoder_channels: widths of the decoder stages, finest first; default the skip widths.
         batch_norm: BatchNorm after every decoder conv.
+        upsample: ``"transposed"`` (the paper's up-convolution) or an interpolation mode
+            (``"nearest"``: segmentation_models_pytorch's decoder).
+        full_resolution: decode on to the input size through stages without skip (smp); the
+            logits are then made at the input size.
+        head_kernel: kernel of the classifier conv (1; smp's: 3, "same" padding).
     """
 
     def __init__(
@@ -208,6 +270,9 @@ class UNet(SegmentationModel):
         num_classes: int,
         decoder_channels: list[int] | None = None,
         batch_norm: bool = True,
+        upsample: str = "transposed",
+        full_resolution: bool = False,
+        head_kernel: int = 1,
     ) -> None:
         name = encoder_name(encoder)
         strides = list(encoder.strides)
@@ -222,6 +287,14 @@ class UNet(SegmentationModel):
                 f"U-Net needs encoder strides that grow by integer factors, finest first; "
                 f"backbone {name!r} has {strides}. Use backbone=unet, resnet18 or vgg16"
             )
-        decoder = UNetDecoder(encoder.channels, strides, decoder_channels, batch_norm)
-        head = nn.Conv2d(decoder.out_channels, num_classes, 1)
+        decoder = UNetDecoder(
+            encoder.channels, strides, decoder_channels, batch_norm, upsample, full_resolution
+        )
+        head = classifier(decoder.out_channels, num_classes, head_kernel)
         super().__init__(encoder, decoder, head, num_classes)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        if not self.decoder.full_resolution:
+            return super().forward(x)
+        features = self.encoder(x)  # list of (B, C_i, H/s_i, W/s_i), finest first
+        return {"out": self.head(self.decoder(features, x.shape[-2:]))}  # (B, K, H, W)

@@ -13,18 +13,23 @@ loss weighted 0.4 in training.
 
 Matches transformers' ``UperNetForSemanticSegmentation`` on the same weights
 (:mod:`segbench.models.upernet_hf`; transformers has no dropout, which is the identity in eval
-mode anyway).
+mode anyway), and segmentation_models_pytorch's ``UPerNet`` (``smp-hub/upernet-*``,
+:mod:`segbench.models.smp_convert`) with ``level_norms=True`` (a LayerNorm, eps 1e-6, on every
+level the decoder reads, whatever the encoder), ``head_upsample=4`` (its head upsamples the
+stride-4 logits 4x with ``align_corners=True``), ``aux=False`` and its width (256 by default).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
 from segbench.models.base import SegmentationModel
 from segbench.models.blocks import conv_bn_relu, fcn_aux_head
 from segbench.models.encoders import encoder_name
+from segbench.models.segformer import classifier
 
 __all__ = ["UPerHead", "UPerNet", "UPerPyramidPooling"]
 
@@ -75,12 +80,23 @@ class UPerHead(nn.Module):
         channels: width of every conv (512).
         bins: PPM bin sizes (1, 2, 3, 6).
         dropout: dropout before the classifier (0.1).
+        level_norms: a LayerNorm over the channels (eps 1e-6) of every level read, before
+            anything else (``norms.<i>``, finest first): segmentation_models_pytorch's
+            ``feature_norms``.
     """
 
     def __init__(
-        self, in_channels: list[int], channels: int, bins: list[int], dropout: float
+        self,
+        in_channels: list[int],
+        channels: int,
+        bins: list[int],
+        dropout: float,
+        level_norms: bool = False,
     ) -> None:
         super().__init__()
+        self.norms = None
+        if level_norms:
+            self.norms = nn.ModuleList(LayerNorm2d(c, eps=1e-6) for c in in_channels)
         self.ppm = UPerPyramidPooling(in_channels[-1], channels, bins)
         self.bottleneck = conv_bn_relu(self.ppm.out_channels, channels, 3)
         self.lateral_convs = nn.ModuleList(conv_bn_relu(c, channels, 1) for c in in_channels[:-1])
@@ -93,6 +109,8 @@ class UPerHead(nn.Module):
 
     def forward(self, features: list[Tensor]) -> Tensor:
         levels = features[-self.num_levels :]  # strides 4, 8, 16, 32
+        if self.norms is not None:
+            levels = [norm(x) for norm, x in zip(self.norms, levels, strict=True)]
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, levels, strict=False)]
         laterals.append(self.bottleneck(self.ppm(levels[-1])))  # (B, 512, H/32, W/32)
         for i in range(len(laterals) - 1, 0, -1):  # top-down: coarse added to the next finer
@@ -125,6 +143,12 @@ class UPerNet(SegmentationModel):
         aux: build the auxiliary FCN head.
         aux_channels: width of its 3×3 conv (256).
         aux_weight: loss weight of the auxiliary output (0.4; unused without it).
+        level_norms: a LayerNorm (eps 1e-6) on every level the decoder reads (smp's UPerNet);
+            ``False``: none (mmseg's and transformers' norms live in the encoder instead,
+            ``out_norms``).
+        head_upsample: upsample the stride-4 logits this many times bilinearly with
+            ``align_corners=True`` in the head (smp: 4) before the resize to the input size;
+            1: the single resize of mmseg and transformers.
     """
 
     def __init__(
@@ -138,6 +162,8 @@ class UPerNet(SegmentationModel):
         aux: bool = True,
         aux_channels: int = 256,
         aux_weight: float = 0.4,
+        level_norms: bool = False,
+        head_upsample: int = 1,
     ) -> None:
         name = encoder_name(encoder)
         strides = list(getattr(encoder, "strides", None) or [])
@@ -155,8 +181,8 @@ class UPerNet(SegmentationModel):
                 "swin_tiny or resnet50 (backbone.out_indices=null, backbone.until_stride=null)"
             )
         in_channels = [encoder.channels[i] for i in read]
-        decoder = UPerHead(in_channels, channels, list(bins), dropout)
-        head = nn.Conv2d(channels, num_classes, 1)
+        decoder = UPerHead(in_channels, channels, list(bins), dropout, level_norms)
+        head = classifier(channels, num_classes, 1, head_upsample)
         aux_head = None
         if aux:
             aux_head = fcn_aux_head(encoder.channels[-2], aux_channels, num_classes, dropout)

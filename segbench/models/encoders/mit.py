@@ -19,7 +19,9 @@ The variants B0 … B5 (the paper's Table 6) share heads (1, 2, 5, 8), reduction
 ratio, and differ in widths and depths. ``pretrained=true`` loads NVIDIA's ImageNet-1k weights
 published on the Hugging Face hub (``nvidia/mit-b0`` … ``nvidia/mit-b5``), converted by
 :func:`segbench.models.segformer_hf.convert_mit`. The LayerNorms use PyTorch's default epsilon
-(1e-5) as Hugging Face's implementation does (the authors' code has 1e-6 in the blocks).
+(1e-5) as Hugging Face's implementation does; ``block_norm_eps=1e-6`` gives the authors' code
+(and segmentation_models_pytorch's ``mit_b*``), which has 1e-6 in the blocks and after each
+stage, and PyTorch's 1e-5 in the patch embeddings and the key/value reductions.
 """
 
 from __future__ import annotations
@@ -74,12 +76,15 @@ class OverlapPatchEmbed(nn.Module):
         dim: embedding width.
         patch: kernel size (7 for stage 1, 3 after).
         stride: stride (4 for stage 1, 2 after).
+        norm_eps: the LayerNorm's epsilon.
     """
 
-    def __init__(self, in_channels: int, dim: int, patch: int, stride: int) -> None:
+    def __init__(
+        self, in_channels: int, dim: int, patch: int, stride: int, norm_eps: float = 1e-5
+    ) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_channels, dim, patch, stride, padding=patch // 2)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
 
     def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
         x = self.proj(x)  # (B, D, h, w)
@@ -95,9 +100,10 @@ class EfficientSelfAttention(nn.Module):
         dim: token width.
         heads: number of heads (``dim`` must divide by it).
         sr_ratio: the reduction ratio ``R``.
+        norm_eps: the reduction LayerNorm's epsilon.
     """
 
-    def __init__(self, dim: int, heads: int, sr_ratio: int) -> None:
+    def __init__(self, dim: int, heads: int, sr_ratio: int, norm_eps: float = 1e-5) -> None:
         super().__init__()
         self.heads = heads
         self.q = nn.Linear(dim, dim)
@@ -105,7 +111,7 @@ class EfficientSelfAttention(nn.Module):
         self.v = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
         self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio) if sr_ratio > 1 else None
-        self.sr_norm = nn.LayerNorm(dim) if sr_ratio > 1 else None
+        self.sr_norm = nn.LayerNorm(dim, eps=norm_eps) if sr_ratio > 1 else None
 
     def _heads(self, x: Tensor) -> Tensor:
         b, n, c = x.shape
@@ -143,13 +149,23 @@ class MixFFN(nn.Module):
 
 class MiTBlock(nn.Module):
     """Pre-norm transformer block: efficient self-attention, then Mix-FFN, each residual and
-    under stochastic depth ``drop_path``."""
+    under stochastic depth ``drop_path``; ``norm_eps`` is its two LayerNorms' epsilon,
+    ``embed_norm_eps`` the key/value reduction's."""
 
-    def __init__(self, dim: int, heads: int, sr_ratio: int, mlp_ratio: int, drop_path: float):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        sr_ratio: int,
+        mlp_ratio: int,
+        drop_path: float,
+        norm_eps: float = 1e-5,
+        embed_norm_eps: float = 1e-5,
+    ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = EfficientSelfAttention(dim, heads, sr_ratio)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = EfficientSelfAttention(dim, heads, sr_ratio, embed_norm_eps)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.ffn = MixFFN(dim, int(dim * mlp_ratio))
         self.drop = DropPath(drop_path)
 
@@ -159,7 +175,9 @@ class MiTBlock(nn.Module):
 
 
 class MiTStage(nn.Module):
-    """Overlapping patch embedding → blocks → LayerNorm; ``(B, C_in, H, W)`` → ``(B, D, h, w)``."""
+    """Overlapping patch embedding → blocks → LayerNorm; ``(B, C_in, H, W)`` → ``(B, D, h, w)``.
+    ``norm_eps`` is the epsilon of the blocks' LayerNorms and of the stage's last one,
+    ``embed_norm_eps`` that of the patch embedding's and the key/value reductions'."""
 
     def __init__(
         self,
@@ -172,13 +190,16 @@ class MiTStage(nn.Module):
         sr_ratio: int,
         mlp_ratio: int,
         drop_paths: Sequence[float],
+        norm_eps: float = 1e-5,
+        embed_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        self.embed = OverlapPatchEmbed(in_channels, dim, patch, stride)
+        self.embed = OverlapPatchEmbed(in_channels, dim, patch, stride, embed_norm_eps)
         self.blocks = nn.ModuleList(
-            MiTBlock(dim, heads, sr_ratio, mlp_ratio, drop_paths[j]) for j in range(depth)
+            MiTBlock(dim, heads, sr_ratio, mlp_ratio, drop_paths[j], norm_eps, embed_norm_eps)
+            for j in range(depth)
         )
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
 
     def forward(self, x: Tensor) -> Tensor:
         x, h, w = self.embed(x)  # (B, h*w, D)
@@ -219,6 +240,14 @@ class MiTEncoder(nn.Module):
             from the backbone config.
         widths, depths, num_heads, sr_ratios, mlp_ratios: per-stage architecture, the
             variant's (``name``) when ``None``.
+        block_norm_eps: epsilon of the blocks' LayerNorms and of each stage's last one: 1e-5
+            (PyTorch's default, as Hugging Face's SegFormer), or 1e-6 as the authors' code and
+            segmentation_models_pytorch's ``mit_b*`` (whose converted checkpoints need it:
+            :mod:`segbench.models.smp_convert`).
+        embed_norm_eps: epsilon of the patch embeddings' and the key/value reductions'
+            LayerNorms: 1e-5 (Hugging Face's, the authors' and smp's), or 1e-6 as
+            mmsegmentation's ``MixVisionTransformer``, whose LayerNorms all have 1e-6 (its
+            checkpoints: ``block_norm_eps=1e-6 embed_norm_eps=1e-6``).
     """
 
     def __init__(
@@ -237,6 +266,8 @@ class MiTEncoder(nn.Module):
         num_heads: Sequence[int] | None = None,
         sr_ratios: Sequence[int] | None = None,
         mlp_ratios: Sequence[int] | None = None,
+        block_norm_eps: float = 1e-5,
+        embed_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if output_stride is not None and int(output_stride) != 32:
@@ -289,6 +320,8 @@ class MiTEncoder(nn.Module):
                     sr[i],
                     mlp[i],
                     rates[start : start + depths[i]],
+                    float(block_norm_eps),
+                    float(embed_norm_eps),
                 )
             )
             c_in = widths[i]

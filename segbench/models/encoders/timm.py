@@ -77,6 +77,11 @@ class TimmEncoder(nn.Module):
         model_kwargs: further arguments of ``timm.create_model`` that change the architecture
             (``depths``, ``dims``, ``embed_dim``, ``num_heads``, ...), e.g. for small test
             models; a weights file must then fit the model they build.
+        dilate_first_block: with ``output_stride`` 8 or 16, give every conv of a dilated stage
+            the stage's rate, its first block's included (segmentation_models_pytorch's
+            ``make_dilated`` on its own ResNets); ``False`` (default): timm's dilation, whose
+            first block of a dilated stage keeps the previous stage's rate (as torchvision's
+            ``replace_stride_with_dilation``).
 
     Swin cannot dilate: ``output_stride`` 8 or 16 is refused.
     """
@@ -93,6 +98,7 @@ class TimmEncoder(nn.Module):
         pretrained_tag: str | None = None,
         out_norms: bool = False,
         model_kwargs: dict | None = None,
+        dilate_first_block: bool = False,
     ) -> None:
         super().__init__()
         if not timm.is_model(name.split(".")[0]):
@@ -142,6 +148,8 @@ class TimmEncoder(nn.Module):
                     f"({err}); expected feature indices from 0 (stride 2) up, e.g. [1, 2, 3, 4], "
                     "or null for all of them"
                 ) from err
+        if dilate_first_block and output_stride != 32:
+            _dilate_whole_stages(self.model, name, kwargs, output_stride)
         info = self.model.feature_info
         self.channels: list[int] = list(info.channels())
         self.strides: list[int] = list(info.reduction())
@@ -261,6 +269,30 @@ def _pretrained(name: str, kwargs: dict) -> nn.Module:
         return timm.create_model(name, pretrained=True, **kwargs)
     except (OSError, ValueError, RuntimeError) as err:  # the download failed half-way
         raise unavailable(name, f"could not be downloaded ({type(err).__name__}: {err})") from err
+
+
+def _dilate_whole_stages(model: nn.Module, name: str, kwargs: dict, output_stride: int) -> None:
+    """Give every conv (kernel > 1) of each dilated feature stage of ``model`` the stage's
+    dilation rate ``natural stride / output_stride``, with the padding that keeps its size
+    (``dilation * (k - 1) / 2``): segmentation_models_pytorch's ``make_dilated``. The natural
+    strides are read from a copy of the plain model built on the meta device (RNG restored)."""
+    plain = {k: v for k, v in kwargs.items() if k != "output_stride"}
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        natural = timm.create_model(name, pretrained=False, **plain).feature_info.reduction()
+    for module_name, stride in zip(model.feature_info.module_name(), natural, strict=True):
+        rate = stride // output_stride
+        if rate < 2:
+            continue
+        stage = model[module_name.replace(".", "_")]
+        for conv in stage.modules():
+            if isinstance(conv, nn.Conv2d) and max(conv.kernel_size) > 1:
+                if conv.stride != (1, 1):
+                    raise ValueError(
+                        f"backbone {name!r}: dilate_first_block found a strided conv in the "
+                        f"dilated stage {module_name!r}; timm did not dilate this model"
+                    )
+                conv.dilation = (rate, rate)
+                conv.padding = tuple(rate * (k - 1) // 2 for k in conv.kernel_size)
 
 
 def _indices_until(name: str, kwargs: dict, until_stride: int) -> tuple[int, ...]:
