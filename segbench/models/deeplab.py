@@ -10,6 +10,13 @@
   with the paper's atrous depthwise-separable convolutions in the ASPP's 3×3 branches and the
   decoder's two 3×3 convolutions (``separable=True``, the config's default; ``False``: full
   convolutions there, the form segbench built before, which older checkpoints hold).
+
+Two options give mmsegmentation's ``ASPPHead`` / ``DepthwiseSeparableASPPHead`` (its DeepLab v3
+and v3+ zoo, :mod:`segbench.models.mmseg_convert`): ``project_kernel=3`` fuses the ASPP branches
+with a 3×3 conv (its ``bottleneck``; depthwise-separable with ``separable``) instead of the
+paper's 1×1 projection, and ``head_conv=False`` (v3) drops the 3×3 conv between the ASPP and
+the classifier. mmseg concatenates the image-pooling branch first, segbench last: the converter
+permutes the fusing conv's input channels rather than the model its branches.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segbench.models.base import SegmentationModel
-from segbench.models.blocks import conv_bn_relu, separable_conv_bn_relu
+from segbench.models.blocks import conv_bn_relu, fcn_aux_head, separable_conv_bn_relu
 from segbench.models.encoders import encoder_name, require_dilated
 
 __all__ = ["ASPP", "DeepLabV1", "DeepLabV3", "DeepLabV3Plus"]
@@ -54,8 +61,8 @@ class ASPPPooling(nn.Module):
 class ASPP(nn.Module):
     """Atrous Spatial Pyramid Pooling (DeepLab v3): 1×1 conv, atrous 3×3 convs, image pooling.
 
-    Every branch is conv → BN → ReLU with ``channels`` outputs; the concatenation is
-    projected by a 1×1 conv → BN → ReLU → dropout.
+    Every branch is conv → BN → ReLU with ``channels`` outputs; the concatenation (branches in
+    the order 1×1, atrous by rate, image pooling) is projected by a conv → BN → ReLU → dropout.
 
     Args:
         in_channels: channels of the deepest encoder feature.
@@ -63,6 +70,8 @@ class ASPP(nn.Module):
         channels: width of every branch and of the projection (256 in the paper).
         dropout: dropout after the projection (0.1).
         separable: atrous depthwise-separable 3×3 branches (DeepLab v3+) instead of full ones.
+        project_kernel: kernel of the projection: 1 (the paper's 1×1) or 3 (mmsegmentation's
+            3×3 ``bottleneck``; depthwise-separable with ``separable``, as its v3+ head's).
     """
 
     def __init__(
@@ -72,6 +81,7 @@ class ASPP(nn.Module):
         channels: int = 256,
         dropout: float = 0.1,
         separable: bool = False,
+        project_kernel: int = 1,
     ) -> None:
         super().__init__()
         self.atrous_rates = [int(r) for r in atrous_rates]
@@ -80,8 +90,11 @@ class ASPP(nn.Module):
         branches += [conv3(in_channels, channels, 3, dilation=r) for r in self.atrous_rates]
         branches.append(ASPPPooling(in_channels, channels))
         self.branches = nn.ModuleList(branches)
+        if project_kernel not in (1, 3):
+            raise ValueError(f"ASPP: project_kernel must be 1 or 3, got {project_kernel}")
+        project = conv_bn_relu if project_kernel == 1 else conv3
         self.project = nn.Sequential(
-            conv_bn_relu(channels * len(branches), channels, 1), nn.Dropout(dropout)
+            project(channels * len(branches), channels, project_kernel), nn.Dropout(dropout)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -160,22 +173,48 @@ class DeepLabV1(SegmentationModel):
         return out
 
 
+def _aux_head(
+    encoder: nn.Module, aux: bool, channels: int, weight: float, num_classes: int, model: str
+) -> dict:
+    """The auxiliary FCN classifier's arguments of :class:`SegmentationModel` (none without
+    ``aux``): on the encoder level before last, dropout 0.1 as PSPNet's."""
+    if not aux:
+        return {}
+    if len(encoder.channels) < 2:
+        raise ValueError(
+            f"{model}: encoder {encoder_name(encoder)!r} returns one feature level, the "
+            "auxiliary head needs the stage before last; use a backbone such as resnet50 or "
+            "set model.aux=false"
+        )
+    head = fcn_aux_head(encoder.channels[-2], channels, num_classes, 0.1)
+    return {"aux_head": head, "aux_index": -2, "aux_weight": weight}
+
+
 class DeepLabV3Decoder(nn.Module):
-    """ASPP on the deepest feature, then a 3×3 conv → BN → ReLU (the classifier is the head).
+    """ASPP on the deepest feature, then (``head_conv``) a 3×3 conv → BN → ReLU (the
+    classifier is the head).
 
     Args:
         in_channels: channels of the deepest encoder feature.
         atrous_rates: ASPP dilation rates.
         channels: ASPP and conv width (256).
         dropout: dropout after the ASPP projection.
+        project_kernel: kernel of the ASPP projection (1, or 3 as mmsegmentation's).
+        head_conv: the 3×3 conv after the ASPP (false: none, as mmsegmentation's head).
     """
 
     def __init__(
-        self, in_channels: int, atrous_rates: list[int], channels: int, dropout: float
+        self,
+        in_channels: int,
+        atrous_rates: list[int],
+        channels: int,
+        dropout: float,
+        project_kernel: int = 1,
+        head_conv: bool = True,
     ) -> None:
         super().__init__()
-        self.aspp = ASPP(in_channels, atrous_rates, channels, dropout)
-        self.conv = conv_bn_relu(channels, channels, 3)
+        self.aspp = ASPP(in_channels, atrous_rates, channels, dropout, False, project_kernel)
+        self.conv = conv_bn_relu(channels, channels, 3) if head_conv else nn.Identity()
 
     def forward(self, features: list[Tensor]) -> Tensor:
         return self.conv(self.aspp(features[-1]))  # (B, 256, H/16, W/16)
@@ -193,6 +232,14 @@ class DeepLabV3(SegmentationModel):
         atrous_rates: ASPP rates; ``None``: (6, 12, 18) at stride 16, (12, 24, 36) at stride 8.
         channels: ASPP width (256).
         dropout: dropout after the ASPP projection (0.1).
+        aux: an auxiliary FCN classifier on the stage before last (deep supervision, as the
+            model zoos train DeepLab v3: torchvision's ``aux_loss``, mmseg's ``auxiliary_head``).
+        aux_channels: width of its 3×3 conv (256).
+        aux_weight: its loss weight (0.4; unused without it).
+        project_kernel: kernel of the ASPP projection: 1 (the paper's) or 3 (mmsegmentation's
+            ``bottleneck``).
+        head_conv: the 3×3 conv → BN → ReLU between the ASPP and the classifier (torchvision's
+            head); false: the ASPP projection feeds the classifier (mmsegmentation's).
     """
 
     def __init__(
@@ -203,11 +250,24 @@ class DeepLabV3(SegmentationModel):
         atrous_rates: list[int] | None = None,
         channels: int = 256,
         dropout: float = 0.1,
+        aux: bool = False,
+        aux_channels: int = 256,
+        aux_weight: float = 0.4,
+        project_kernel: int = 1,
+        head_conv: bool = True,
     ) -> None:
         require_dilated(encoder, output_stride, "DeepLabV3")
         rates = _default_rates(atrous_rates, output_stride)
-        decoder = DeepLabV3Decoder(encoder.channels[-1], rates, channels, dropout)
-        super().__init__(encoder, decoder, nn.Conv2d(channels, num_classes, 1), num_classes)
+        decoder = DeepLabV3Decoder(
+            encoder.channels[-1], rates, channels, dropout, project_kernel, head_conv
+        )
+        super().__init__(
+            encoder,
+            decoder,
+            nn.Conv2d(channels, num_classes, 1),
+            num_classes,
+            **_aux_head(encoder, aux, aux_channels, aux_weight, num_classes, "DeepLabV3"),
+        )
         self.output_stride = output_stride
 
 
@@ -238,6 +298,7 @@ class DeepLabV3PlusDecoder(nn.Module):
         low_proj: width of the low-level projection (48).
         dropout: dropout after the ASPP projection.
         separable: depthwise-separable 3×3 convolutions in the ASPP and the fusion.
+        project_kernel: kernel of the ASPP projection (1, or 3 as mmsegmentation's).
     """
 
     def __init__(
@@ -250,10 +311,11 @@ class DeepLabV3PlusDecoder(nn.Module):
         low_proj: int = 48,
         dropout: float = 0.1,
         separable: bool = False,
+        project_kernel: int = 1,
     ) -> None:
         super().__init__()
         self.low_index = low_index
-        self.aspp = ASPP(in_channels, atrous_rates, channels, dropout, separable)
+        self.aspp = ASPP(in_channels, atrous_rates, channels, dropout, separable, project_kernel)
         self.low_proj = conv_bn_relu(low_channels, low_proj, 1)
         conv3 = separable_conv_bn_relu if separable else conv_bn_relu
         self.fuse = nn.Sequential(
@@ -285,6 +347,11 @@ class DeepLabV3Plus(SegmentationModel):
             decoder (``conf/model/deeplabv3plus.yaml``: true); ``False`` (the constructor's
             default, so that checkpoints written before the option rebuild as they were):
             full 3×3 convolutions there.
+        aux: an auxiliary FCN classifier on the stage before last (as DeepLab v3's).
+        aux_channels: width of its 3×3 conv (256).
+        aux_weight: its loss weight (0.4; unused without it).
+        project_kernel: kernel of the ASPP projection: 1 (the paper's) or 3 (mmsegmentation's
+            ``bottleneck``, depthwise-separable with ``separable``).
     """
 
     def __init__(
@@ -297,6 +364,10 @@ class DeepLabV3Plus(SegmentationModel):
         low_level_channels: int = 48,
         dropout: float = 0.1,
         separable: bool = False,
+        aux: bool = False,
+        aux_channels: int = 256,
+        aux_weight: float = 0.4,
+        project_kernel: int = 1,
     ) -> None:
         require_dilated(encoder, output_stride, "DeepLabV3Plus")
         low = _low_level_index(encoder)
@@ -310,6 +381,13 @@ class DeepLabV3Plus(SegmentationModel):
             low_level_channels,
             dropout,
             separable,
+            project_kernel,
         )
-        super().__init__(encoder, decoder, nn.Conv2d(channels, num_classes, 1), num_classes)
+        super().__init__(
+            encoder,
+            decoder,
+            nn.Conv2d(channels, num_classes, 1),
+            num_classes,
+            **_aux_head(encoder, aux, aux_channels, aux_weight, num_classes, "DeepLabV3Plus"),
+        )
         self.output_stride = output_stride
