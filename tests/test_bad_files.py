@@ -19,11 +19,11 @@ import timm
 import torch
 from hydra.errors import InstantiationException
 
+from segbench.checkpoints import evaluation_config
 from segbench.checkpoints.store import (
     EXPECTED_CHECKPOINT,
     CheckpointError,
     CheckpointNotFoundError,
-    evaluation_config,
     load_checkpoint,
 )
 from segbench.engine.run import train

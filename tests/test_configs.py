@@ -33,14 +33,16 @@ SMALL_BACKBONES = {
 }
 # models that upsample with max-pooling switches, and models that need output stride 8
 NEEDS_SWITCHES = {"segnet", "segnet_basic", "bayesian_segnet", "deconvnet"}
-NEEDS_STRIDE_8 = {"deeplabv1", "deeplabv1_crf", "pspnet"}
+NEEDS_STRIDE_8 = {"deeplabv1", "deeplabv1_crf", "pspnet", "dilated_fcn"}
 # the encoders that keep max-pooling switches; those that cannot be dilated (the transformers),
 # and the models that dilate their encoder (to stride 8 or 16)
 SWITCHES = {"vgg16", "vgg16_bn", "segnet_basic", "tiny"}
 NOT_DILATABLE = {*(f"mit_b{i}" for i in range(6)), "swin_tiny"} | {
     b for b in options("backbone") if b.startswith("vit_")
 }
-NEEDS_DILATION = NEEDS_STRIDE_8 | {"deeplabv3", "deeplabv3plus"}
+NEEDS_DILATION = NEEDS_STRIDE_8 | {"deeplabv3", "deeplabv3plus", "deeplabv3plus_smp", "lraspp"}
+# MobileNetV3 dilates its last stage only (to stride 16, as torchvision's segmentation models)
+STRIDE_16_ONLY = {"mobilenetv3_large"}
 
 
 def refused(model: str, backbone: str) -> bool:
@@ -50,7 +52,7 @@ def refused(model: str, backbone: str) -> bool:
         return True
     if backbone in NOT_DILATABLE and model in NEEDS_DILATION:
         return True
-    return model in NEEDS_STRIDE_8 and backbone == "unet"
+    return model in NEEDS_STRIDE_8 and backbone in {"unet", *STRIDE_16_ONLY}
 
 
 @pytest.mark.parametrize("model", options("model"))

@@ -52,7 +52,8 @@ def test_every_entry_is_well_formed_and_its_classes_are_its_datasets():
     for spec, entry in table.items():
         dataset = compose_train_config([f"dataset={entry.dataset}"]).dataset
         _check_classes(entry, dataset, spec)
-        assert entry.reference is not None and entry.reference["experiment"] == str(spec)
+        if entry.reference is not None:
+            assert entry.reference["experiment"] == str(spec)
         if "params" in entry.published:
             assert _measured_params(entry) == entry.published["params"], spec
 
@@ -208,7 +209,7 @@ def test_predictor_takes_a_published_checkpoint(torch_home):
 
 
 def test_missing_file_offline_names_the_fetch_command(torch_home, monkeypatch):
-    from segbench.checkpoints.store import evaluation_config
+    from segbench.checkpoints import evaluation_config
     from segbench.config import compose
     from segbench.models.pretrained import PretrainedUnavailable
 
@@ -220,7 +221,7 @@ def test_missing_file_offline_names_the_fetch_command(torch_home, monkeypatch):
 
 
 def test_unknown_names_are_refused_with_the_known_ones():
-    from segbench.checkpoints.store import evaluation_config
+    from segbench.checkpoints import evaluation_config
     from segbench.config import compose
 
     cfg = compose("evaluate", ["ckpt=torchvision:fcn_resnet18"])
@@ -231,7 +232,7 @@ def test_unknown_names_are_refused_with_the_known_ones():
 def test_a_local_file_with_the_wrong_hash_is_refused(tmp_path):
     """A file given by path must be the publisher's: its SHA-256 starts with the prefix its
     published name carries."""
-    from segbench.checkpoints.store import evaluation_config
+    from segbench.checkpoints import evaluation_config
     from segbench.config import compose
 
     name = find_entry(ZooSpec("torchvision", "fcn_resnet50")).file_name
@@ -306,7 +307,7 @@ def test_fetch_downloads_checks_the_hash_and_refuses_a_bad_file(
 
 def test_lab_entries_evaluate_like_the_published_ones(tmp_path, torch_home, monkeypatch):
     """An entry of SEGBENCH_ZOO_PATH is a ckpt= name too (no reference: no published figure)."""
-    from segbench.checkpoints.store import evaluation_config
+    from segbench.checkpoints import evaluation_config
     from segbench.config import compose
 
     model = _torchvision_model("lraspp_mobilenet_v3_large")
@@ -362,6 +363,10 @@ def test_inference_rescale_is_mmsegs_keep_ratio_resize():
     assert Inference(rescale=[2048, 1024]).rescaled(1024, 2048) == (1024, 2048)  # Cityscapes
     assert inference.label == "resize2048x512" and not inference.plain
     assert inference.single_scale().rescale == (2048, 512)
+    aligned = Inference(rescale=[2048, 512], rescale_divisor=32)  # SegFormer's AlignedResize
+    assert aligned.rescaled(256, 341) == (512, 704) and aligned.single_scale().rescale_divisor == 32
+    with pytest.raises(ValueError, match="rescale_divisor must be a positive integer"):
+        Inference(rescale_divisor=32)
     ms = Inference(scales=[0.5, 1.0], flip=True, rescale=[2048, 512])
     seen.clear()
     ms(model, torch.zeros(1, 3, 256, 341))
@@ -398,3 +403,14 @@ def test_an_unlisted_hf_repository_with_its_network_named(tmp_path, monkeypatch)
         assert (loaded.network(x)["out"] - theirs).abs().max() <= 1e-4
     with pytest.raises(ZooEntryError, match="name the network it holds"):
         load_model(f"hf:{repo}", ["dataset=ade20k"], device="cpu")
+
+
+def test_the_published_checkpoints_page_is_the_registrys_table():
+    """docs/results/published-checkpoints.md holds `segbench zoo list --markdown` as it is."""
+    from segbench.zoo.cli import markdown_table
+
+    page = (
+        Path(__file__).resolve().parents[1] / "docs/results/published-checkpoints.md"
+    ).read_text()
+    assert markdown_table() in page, "regenerate: uv run segbench zoo list --markdown"
+    assert page.count("| |\n") + page.rstrip().endswith("| |") >= len(entries())  # none measured

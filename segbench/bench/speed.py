@@ -53,7 +53,7 @@ from segbench.bench.timing import (
     sync,
     timed,
 )
-from segbench.checkpoints.loader import build_model
+from segbench.checkpoints.network import build_model
 from segbench.config import parse_verb_args, verb_parser
 
 __all__ = ["VARIANTS", "main", "peer_model", "run"]

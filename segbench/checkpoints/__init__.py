@@ -8,13 +8,10 @@
   ``export``, ``serve``).
 """
 
-from segbench.checkpoints.loader import LoadedModel, build_model, load_model
-from segbench.checkpoints.store import (
-    CheckpointError,
-    CheckpointNotFoundError,
-    evaluation_config,
-    load_checkpoint,
-)
+from segbench.checkpoints.evaluation import evaluation_config
+from segbench.checkpoints.loader import LoadedModel, load_model
+from segbench.checkpoints.network import build_model
+from segbench.checkpoints.store import CheckpointError, CheckpointNotFoundError, load_checkpoint
 
 __all__ = [
     "CheckpointError",

@@ -5,7 +5,7 @@
 :func:`load_model` reads a checkpoint ``train.py`` wrote (tensors and plain containers only,
 :func:`~segbench.checkpoints.store.load_checkpoint`), merges its run config with an evaluation's
 choices exactly as ``evaluate.py`` does (``inference=...``, ``fast.*``, ``model.mc_samples``,
-``model.crf``, ``trainer.precision``; :func:`~segbench.checkpoints.store.evaluation_config`),
+``model.crf``, ``trainer.precision``; :func:`~segbench.checkpoints.evaluation.evaluation_config`),
 builds the network, loads its weights strictly, and returns a :class:`LoadedModel`: the network,
 its :class:`~segbench.inference.Inference`, the dataset's evaluation transform, class names and
 palette. No data split is opened and no label read.
@@ -22,68 +22,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from segbench.checkpoints.store import (
-    EVALUATION_ONLY_KEYS,
-    CheckpointError,
-    evaluation_config,
-    load_weights,
-)
+from segbench.checkpoints.evaluation import evaluation_config
+from segbench.checkpoints.network import build_model
+from segbench.checkpoints.store import EVALUATION_ONLY_KEYS, CheckpointError, load_weights
 from segbench.data.transforms import SegTransform
 from segbench.inference import Inference, eval_mode
 from segbench.inference.fast import autocast_for, check_fast, prepare_batch, prepare_model
 
 __all__ = ["LoadedModel", "build_model", "device_for", "load_model", "network_weights"]
-
-
-def _constructor_args(cfg: dict) -> dict:
-    """A model config without its ``name`` (a label, not an argument), also in the model
-    configs nested in it (a wrapper's ``segmenter``); encoders keep theirs."""
-    out = {k: v for k, v in cfg.items() if k != "name"}
-    for key, value in out.items():
-        if isinstance(value, dict) and "_target_" in value and "num_classes" in value:
-            out[key] = _constructor_args(value)
-    return out
-
-
-def _pop_freeze(cfg: dict, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    """Take the backbone's ``freeze`` key out of every ``encoder`` config in ``cfg`` (the
-    model's own, a wrapper's ``segmenter.encoder``): the encoders never see it. Returns the
-    attribute paths of the encoders to freeze (``("encoder",)``, ``("segmenter", "encoder")``).
-    Configs saved before the key existed have none: not frozen."""
-    frozen = []
-    for key, value in cfg.items():
-        if not isinstance(value, dict):
-            continue
-        if key == "encoder" and "_target_" in value:
-            if value.pop("freeze", False):
-                frozen.append((*path, key))
-        else:
-            frozen += _pop_freeze(value, (*path, key))
-    return frozen
-
-
-def build_model(model_cfg: DictConfig | dict) -> nn.Module:
-    """Instantiate ``conf/model/*`` (its ``encoder`` is the backbone config), then freeze each
-    encoder whose backbone config says ``freeze: true`` (:func:`segbench.models.freeze.freeze`:
-    no gradient, kept in eval mode)."""
-    from segbench.models.freeze import freeze
-
-    if not isinstance(model_cfg, DictConfig):
-        model_cfg = OmegaConf.create(model_cfg)
-    cfg = OmegaConf.to_container(model_cfg, resolve=True)  # resolves against the root config
-    frozen = _pop_freeze(cfg)
-    model = instantiate(_constructor_args(cfg))
-    for path in frozen:
-        module = model
-        for name in path:
-            module = getattr(module, name, None)
-        if not isinstance(module, nn.Module):
-            raise ValueError(
-                f"backbone.freeze=true: model {type(model).__name__} keeps no encoder at "
-                f"`{'.'.join(path)}` to freeze (its config has one there)"
-            )
-        freeze(module)
-    return model
 
 
 # the attribute the training task keeps its network under: its state-dict keys' prefix

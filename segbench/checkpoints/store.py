@@ -20,7 +20,7 @@ __all__ = [
     "EXPECTED_CHECKPOINT",
     "CheckpointError",
     "CheckpointNotFoundError",
-    "evaluation_config",
+    "checkpoint_evaluation_config",
     "load_checkpoint",
     "load_weights",
     "merge_eval_config",
@@ -356,18 +356,10 @@ def merge_eval_config(cfg: DictConfig, trained: DictConfig, ckpt_path: str) -> D
     return merged
 
 
-def evaluation_config(cfg: DictConfig) -> tuple[DictConfig, dict]:
-    """The run config of evaluating checkpoint ``cfg.ckpt`` as ``cfg`` asks, and its weights.
-
-    ``ckpt=<source>:<name>`` (``torchvision:``, ``mmseg:``, ``smp:``, ``hf:``) is another
-    library's published checkpoint, converted (:mod:`segbench.zoo`)."""
-    from segbench.zoo import parse_spec
-
-    spec = parse_spec(cfg.ckpt)
-    if spec is not None:
-        from segbench.zoo.load import zoo_evaluation_config
-
-        return zoo_evaluation_config(cfg, spec)
+def checkpoint_evaluation_config(cfg: DictConfig) -> tuple[DictConfig, dict]:
+    """The run config of evaluating checkpoint ``cfg.ckpt`` (one ``train.py`` wrote) as ``cfg``
+    asks, and its weights (:func:`segbench.checkpoints.evaluation.evaluation_config` also takes
+    other libraries' published checkpoints)."""
     ckpt_path = str(cfg.ckpt)
     ckpt = load_checkpoint(ckpt_path)
     trained = trained_config(ckpt, ckpt_path, list(cfg.get("allow_targets") or []))

@@ -221,10 +221,10 @@ def resize_short_side(
     height, width = short_side_size(image.shape[0], image.shape[1], size)
     if (height, width) == image.shape[:2]:
         return image, mask
-    resized = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    resized = np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR))
     dtype = mask.dtype
     labels = mask.astype(np.int32) if dtype not in (np.uint8, np.int32) else mask
-    labels = np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
+    labels = np.array(Image.fromarray(labels).resize((width, height), Image.NEAREST))
     return resized, labels.astype(dtype, copy=False)
 
 

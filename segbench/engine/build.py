@@ -15,7 +15,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_info
 
-from segbench.checkpoints.loader import build_model, network_weights
+from segbench.checkpoints.loader import network_weights
+from segbench.checkpoints.network import build_model
 from segbench.checkpoints.store import CheckpointError, load_checkpoint, load_weights
 from segbench.data.datamodule import SegDataModule
 from segbench.data.stats import class_weights
@@ -309,6 +310,7 @@ def validation_inference(inference: Inference, keys: DictConfig | dict | None) -
         "scales": base.scales,
         "flip": base.flip,
         "rescale": base.rescale,
+        "rescale_divisor": base.rescale_divisor,
     }
     if given.get("mode", base.mode) != base.mode:  # another mode: its own windows
         settings.update(crop=None, stride=None)

@@ -39,7 +39,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_info
 
-from segbench.checkpoints.store import evaluation_config, load_checkpoint
+from segbench.checkpoints.evaluation import evaluation_config
+from segbench.checkpoints.store import load_checkpoint
 from segbench.config import register_resolvers
 from segbench.engine.build import (
     build_datamodule,

@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from segbench.checkpoints.evaluation import evaluation_config
 from segbench.checkpoints.loader import device_for
-from segbench.checkpoints.store import evaluation_config
 from segbench.data.files import read_image
 from segbench.data.submission import pack, split_images, submission_format
 from segbench.engine.build import evaluation_task

@@ -112,6 +112,8 @@ class Inference:
             most ``short`` (mmsegmentation's ``Resize(scale=(2048, 512), keep_ratio=True)`` test
             step: ADE20K's 512 short side); ``scales`` are relative to that size, and the scores
             are resized back to the input (the label's) size. ``None``: the input size.
+        rescale_divisor: with ``rescale``, each side of the rescaled size rounded up to a
+            multiple of it (the official SegFormer's ``AlignedResize(size_divisor=32)``).
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class Inference:
         scales: Sequence[float] = (1.0,),
         flip: bool = False,
         rescale: Sequence[int] | None = None,
+        rescale_divisor: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"inference.mode must be one of {list(MODES)}, got {mode!r}")
@@ -158,6 +161,17 @@ class Inference:
             raise ValueError(f"inference.flip must be true or false, got {flip!r}")
         self.flip = flip
         self.rescale = _pair("rescale", rescale)
+        if rescale_divisor is not None and (
+            isinstance(rescale_divisor, bool)
+            or not isinstance(rescale_divisor, int)
+            or rescale_divisor < 1
+            or self.rescale is None
+        ):
+            raise ValueError(
+                "inference.rescale_divisor must be a positive integer and goes with "
+                f"inference.rescale=[long, short], got {rescale_divisor!r} (rescale={rescale!r})"
+            )
+        self.rescale_divisor = rescale_divisor
 
     def rescaled(self, height: int, width: int) -> tuple[int, int]:
         """The size an ``height x width`` image is predicted at before ``scales``: itself, or
@@ -166,7 +180,11 @@ class Inference:
         if self.rescale is None:
             return height, width
         factor = min(max(self.rescale) / max(height, width), min(self.rescale) / min(height, width))
-        return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+        height, width = max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+        if self.rescale_divisor:  # SegFormer's AlignedResize: each side up to a multiple
+            d = self.rescale_divisor
+            height, width = -(-height // d) * d, -(-width // d) * d
+        return height, width
 
     def single_scale(self) -> Inference:
         """The single-scale part of this inference, as validation predicts by default: the
@@ -176,7 +194,9 @@ class Inference:
             scale = self.scales[0]
         else:
             scale = min(self.scales, key=lambda s: (abs(s - 1.0), s))
-        return Inference(self.mode, self.crop, self.stride, (scale,), False, self.rescale)
+        return Inference(
+            self.mode, self.crop, self.stride, (scale,), False, self.rescale, self.rescale_divisor
+        )
 
     @property
     def plain(self) -> bool:

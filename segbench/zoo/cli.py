@@ -39,7 +39,7 @@ def _measured_params(entry: ZooEntry) -> int:
     """Parameters of the segbench network the entry becomes (built on the meta device)."""
     import torch
 
-    from segbench.checkpoints.loader import build_model
+    from segbench.checkpoints.network import build_model
     from segbench.config import compose_train_config
     from segbench.models.base import count_parameters
 
@@ -107,6 +107,22 @@ def _list(source: str | None, measure: bool) -> int:
     return 0
 
 
+def _inference_words(inference: dict) -> str:
+    """An entry's inference settings in words (``rescaled to fit 2048x512, whole image``)."""
+    words = []
+    if inference.get("rescale"):
+        long, short = max(inference["rescale"]), min(inference["rescale"])
+        words.append(f"the image rescaled to fit {long}x{short}")
+        if inference.get("rescale_divisor"):
+            words[-1] += f" (sides rounded up to multiples of {inference['rescale_divisor']})"
+    if inference.get("mode") == "slide":
+        crop, stride = inference["crop"], inference["stride"]
+        words.append(f"{crop[0]}x{crop[1]} windows every {stride[0]}x{stride[1]} pixels")
+    else:
+        words.append("the whole image")
+    return ", ".join(words)
+
+
 def markdown_table(source: str | None = None) -> str:
     """The published-checkpoints table of the manual: per entry the command that evaluates it,
     the published figures with their dataset and protocol, and a measured column left empty
@@ -121,7 +137,8 @@ def markdown_table(source: str | None = None) -> str:
         command = (
             f"`uv run python evaluate.py ckpt={entry.spec} dataset={entry.dataset} data_root=/data`"
         )
-        published, protocol = "—", "—"
+        published = "none stated"
+        protocol = f"{entry.notes}; segbench predicts with {_inference_words(entry.inference)}"
         if entry.reference:
             result = entry.reference["results"][0]
             figures = ", ".join(f"{k} {v:g}" for k, v in result["metrics"].items())

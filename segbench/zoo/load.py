@@ -3,7 +3,7 @@ checkpoint would carry (the network's model and backbone configs, the dataset wi
 publisher's preprocessing, the published figures as ``reference``) and the network's weights,
 converted tensor by tensor from the publisher's file.
 
-The evaluation is then the one of any checkpoint (:func:`segbench.checkpoints.store.
+The evaluation is then the one of any checkpoint (:func:`segbench.checkpoints.evaluation.
 evaluation_config` calls :func:`zoo_evaluation_config`): ``dataset=`` may name the dataset
 (its classes must be the checkpoint's), ``inference=`` another way to predict (default: the
 publisher's), and the results carry the published figure beside the measured one.
@@ -68,16 +68,17 @@ def read_published(spec: ZooSpec) -> tuple[ZooEntry | None, dict[str, Tensor], d
     from segbench.zoo.files import ZooFileError, read_torch_file
 
     entry = find_entry(spec)
-    if spec.source in ("torchvision", "mmseg"):
+    if spec.source == "mmseg":  # {"meta": plain data, "state_dict": tensors}
+        from segbench.models.mmseg_convert import read_mmseg_checkpoint
+
+        state, meta = read_mmseg_checkpoint(_torch_file(spec, entry))
+        return entry, state, meta
+    if spec.source == "torchvision":
         path = _torch_file(spec, entry)
         obj = read_torch_file(path, f"ckpt={spec}")
-        extra = {}
-        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # mmseg's layout
-            extra = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
-            obj = obj["state_dict"]
         if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
             raise ZooFileError(f"ckpt={spec}: {path} holds no state dict of tensors")
-        return entry, obj, extra
+        return entry, obj, {}
     from segbench.models.hub import hf_repo, read_hf_checkpoint
 
     repo = entry.repo if entry is not None else hf_repo(f"hf:{spec.name}")
@@ -95,7 +96,7 @@ def _convert(spec: ZooSpec, arch: str, state: dict, extra: dict, network) -> dic
     if spec.source == "mmseg":
         from segbench.models.mmseg_convert import convert_mmseg
 
-        return convert_mmseg(arch, state, what, network)
+        return convert_mmseg(arch, state, what, network, extra)
     if spec.source == "smp":
         from segbench.models.smp_convert import convert_smp
 
@@ -115,12 +116,12 @@ def _convert(spec: ZooSpec, arch: str, state: dict, extra: dict, network) -> dic
 def _network_overrides(spec: ZooSpec, entry: ZooEntry | None, extra: dict, cfg) -> list[str]:
     """The Hydra overrides of ``conf/train.yaml`` building the checkpoint's network; none for
     an ``hf:`` repository no entry lists (its network is the command line's ``model=``)."""
-    if entry is not None:
-        return list(entry.overrides)
-    if spec.source == "smp":
+    if spec.source == "smp":  # the file's config.json says it (an entry's copy lists it)
         from segbench.models.smp_convert import smp_overrides
 
         return smp_overrides(extra)
+    if entry is not None:
+        return list(entry.overrides)
     if cfg.get("model") is None:
         raise ZooEntryError(
             f"ckpt={spec}: segbench's zoo does not list it, so name the network it holds: "
@@ -155,6 +156,25 @@ def _check_classes(entry: ZooEntry | None, dataset: DictConfig, spec: ZooSpec) -
         )
 
 
+def _check_class_count(spec: ZooSpec, extra: dict, dataset: DictConfig) -> None:
+    """A hub repository's class count (smp's ``classes``, transformers' ``num_labels``) must
+    be the dataset's."""
+    count = None
+    if spec.source == "smp":
+        from segbench.models.smp_convert import smp_num_classes
+
+        count = smp_num_classes(extra)
+    elif spec.source == "hf":
+        from segbench.models.hf_convert import hf_num_labels
+
+        count = hf_num_labels(extra)
+    if count is not None and count != int(dataset.num_classes):
+        raise ZooEntryError(
+            f"ckpt={spec}: its config.json says {count} classes, dataset {dataset.name!r} has "
+            f"{dataset.num_classes}; name the dataset it was trained on (dataset=<name>)"
+        )
+
+
 def _preprocess(dataset: DictConfig, entry: ZooEntry | None) -> DictConfig:
     """``dataset`` with the publisher's normalisation and resize rule."""
     if entry is None or not entry.preprocessing:
@@ -170,8 +190,9 @@ def _preprocess(dataset: DictConfig, entry: ZooEntry | None) -> DictConfig:
 def zoo_evaluation_config(cfg: DictConfig, spec: ZooSpec) -> tuple[DictConfig, dict]:
     """``(run config, task state dict)`` of evaluating published checkpoint ``spec`` as the
     composed ``conf/evaluate.yaml`` ``cfg`` asks; the same pair
-    :func:`~segbench.checkpoints.store.evaluation_config` returns for a segbench checkpoint."""
-    from segbench.checkpoints.loader import build_model
+    :func:`~segbench.checkpoints.store.checkpoint_evaluation_config` returns for a segbench
+    checkpoint."""
+    from segbench.checkpoints.network import build_model
     from segbench.checkpoints.store import merge_eval_config
     from segbench.config import compose_train_config
 
@@ -195,6 +216,7 @@ def zoo_evaluation_config(cfg: DictConfig, spec: ZooSpec) -> tuple[DictConfig, d
         }
     )
     _check_classes(entry, trained.dataset, spec)
+    _check_class_count(spec, extra, trained.dataset)
     network = build_model(trained.model)
     weights = _convert(spec, entry.arch if entry else "", state, extra, network)
     merged = merge_eval_config(cfg, trained, str(spec))

@@ -49,7 +49,7 @@ _KEYS = {
     "notes",
 }
 _PREPROCESSING = {"mean", "std", "resize_short"}
-_INFERENCE = {"mode", "crop", "stride", "scales", "flip", "rescale"}
+_INFERENCE = {"mode", "crop", "stride", "scales", "flip", "rescale", "rescale_divisor"}
 _PUBLISHED = {"params", "gflops", "gflops_input", "size_mb"}
 
 
