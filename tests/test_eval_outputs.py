@@ -150,6 +150,8 @@ def test_evaluation_modes_are_recorded_and_a_whole_window_slide_changes_nothing(
         "stride": None,
         "scales": [0.75, 1.0, 1.25],
         "flip": True,
+        "rescale": None,
+        "rescale_divisor": None,
     }
     assert tta["confusion_matrix"] != whole["confusion_matrix"]  # other predictions
     assert sum(map(sum, tta["confusion_matrix"])) == sum(map(sum, whole["confusion_matrix"]))

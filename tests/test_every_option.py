@@ -16,9 +16,10 @@ The options are the YAML files of each group, listed when the tests are collecte
 
 ``gpu`` and ``ddp`` need CUDA and are skipped without it. Runs too slow for the fast suite are
 marked ``slow``: the models on the backbones their configs pick (debug=fast replaces them by
-its tiny one) and the full-size models of four experiments (the fast suite runs those on the
-tiny backbone). An option found broken may be marked ``xfail(strict=True)`` with its error, so
-that it stays visible until fixed; none is now.
+its tiny one), the full-size models of four experiments (the fast suite runs those on the
+tiny backbone) and the larger variants of a backbone whose smallest variant runs in the fast
+suite (``LARGER_VARIANTS``: MiT-B1 to B5, ResNet-101, ViT-B). An option found broken may be
+marked ``xfail(strict=True)`` with its error, so that it stays visible until fixed; none is now.
 """
 
 from __future__ import annotations
@@ -383,6 +384,15 @@ def experiment_cases(name: str) -> list[Case]:
     return [Case([f"experiment={name}"], overrides, data, [check], variant="tiny-backbone"), full]
 
 
+# larger variants -> the smaller one of the same encoder class whose run stays in the fast suite
+LARGER_VARIANTS = {
+    **{f"mit_b{i}": "mit_b0" for i in range(1, 6)},
+    "resnet101": "resnet50",
+    "resnet101_v1c": "resnet50_v1c",
+    "vit_base_patch14_dinov2": "vit_small_patch14_dinov2",
+}
+
+
 def build_train_cases() -> list[Case]:
     in_baseline = set(BASELINE.covers)
     cases = [BASELINE]
@@ -418,8 +428,16 @@ def build_train_cases() -> list[Case]:
                 Case([f"model={option}"], extra, variant="paper-backbone", marks=[pytest.mark.slow])
             )
     for option in options("backbone"):
-        # on FCN-8s at 64x64; a plain ViT (one level, stride 14) on the linear probe it is for
-        add("backbone", option, ["model=linear_probe"] if option.startswith("vit_") else [])
+        # on FCN-8s at 64x64; a plain ViT (one level, stride 14) on the linear probe it is for.
+        # A larger variant of a backbone whose smallest variant runs here runs the same code
+        # with more layers or wider ones: slow (LARGER_VARIANTS)
+        marks = [pytest.mark.slow] if option in LARGER_VARIANTS else []
+        add(
+            "backbone",
+            option,
+            ["model=linear_probe"] if option.startswith("vit_") else [],
+            marks=marks,
+        )
     for option in options("dataset"):
         add("dataset", option, data=lambda root, o=option: dataset_overrides(o, root))
     for group in ("loss", "optimizer"):
@@ -648,6 +666,9 @@ def test_every_option_file_has_a_case():
     for case in cases:  # each case names the options it runs
         named = [*FAST, *case.overrides]
         assert all(o in named for o in case.covers), (case.id, case.covers, named)
-    # a run of each option in the fast suite too (slow: full-size models, again)
+    # a run of each option in the fast suite too (slow: full-size models, again), but for the
+    # larger variants of a backbone whose smaller variant runs there (LARGER_VARIANTS)
     fast = {o for c in cases if not any(m.name == "slow" for m in c.marks) for o in c.covers}
-    assert wanted - fast - set(COVERED_ELSEWHERE) - set(COMPOSED_ONLY) == set()
+    larger = {f"backbone={b}" for b in LARGER_VARIANTS}
+    assert wanted - fast - larger - set(COVERED_ELSEWHERE) - set(COMPOSED_ONLY) == set()
+    assert {f"backbone={b}" for b in LARGER_VARIANTS.values()} <= fast

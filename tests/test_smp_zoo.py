@@ -340,3 +340,44 @@ def test_smp_options_train_on_the_tiny_backbone(overrides):
     assert out.shape == (2, cfg.model.num_classes, 64, 72)
     out.mean().backward()
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+# --- ckpt=smp:<repo>: through the hub cache and segbench's loading path ----------------------
+
+
+def _publish(model: nn.Module, home: Path, repo: str) -> None:
+    """``model`` saved by smp into ``home`` laid out as the Hugging Face cache holds ``repo``."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = home / "hub" / f"models--{repo.replace('/', '--')}"
+    model.save_pretrained(folder / "snapshots" / commit)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+
+
+def test_ckpt_smp_loads_a_hub_repository_with_its_entry(tmp_path, monkeypatch):
+    """ckpt=smp:smp-hub/segformer-b0-512x512-ade-160k (random weights in its place in the hub
+    cache): the network is built from the repository's config.json, predicts smp's logits, and
+    evaluates as the entry says (ADE20K, rescaled to fit 2048x512, sides multiples of 32).
+    An unlisted repository needs dataset=, whose class count must be the file's."""
+    from segbench.checkpoints.loader import load_model
+    from segbench.models.pretrained import PretrainedUnavailable
+    from segbench.zoo.registry import ZooEntryError
+
+    model = _build_smp(smp.Segformer, encoder_name="mit_b0", classes=150)
+    _publish(model, tmp_path / "hf", "smp-hub/segformer-b0-512x512-ade-160k")
+    _publish(model, tmp_path / "hf", "lab/my-segformer")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = load_model("smp:smp-hub/segformer-b0-512x512-ade-160k", device="cpu")
+    assert loaded.dataset == "ade20k" and loaded.eval_mode == "resize2048x512"
+    assert loaded.inference.rescaled(256, 341) == (512, 704)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert (loaded.network(x)["out"] - model(x)).abs().max() <= TOL
+    assert load_model("smp:lab/my-segformer", ["dataset=ade20k"], device="cpu").num_classes == 150
+    with pytest.raises(ZooEntryError, match="dataset=<name>"):
+        load_model("smp:lab/my-segformer", device="cpu")
+    with pytest.raises(ZooEntryError, match="150 classes, dataset 'cityscapes' has 19"):
+        load_model("smp:lab/my-segformer", ["dataset=cityscapes"], device="cpu")
+    with pytest.raises(PretrainedUnavailable, match="segbench weights fetch hf:smp-hub/absent"):
+        load_model("smp:smp-hub/absent", ["dataset=ade20k"], device="cpu")

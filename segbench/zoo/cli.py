@@ -3,8 +3,8 @@ and their files fetched into the caches the loaders read, where there is interne
 
 ::
 
-    segbench zoo list                          # every entry: params, GFLOPs, figure, cached
-    segbench zoo list --source mmseg --measure # params counted on the segbench network
+    segbench zoo list                          # every entry: params, GMACs, figure, cached
+    segbench zoo list --source mmseg --measure # params and FLOPs counted on the segbench network
     segbench zoo list --markdown               # the manual's table of commands and figures
     segbench zoo fetch torchvision:fcn_resnet50 mmseg:pspnet_r50-d8_4xb2-40k_cityscapes-512x1024
     segbench zoo fetch smp:smp-hub/segformer-b0-512x512-ade-160k   # any hub repository
@@ -35,9 +35,22 @@ def cached_file(entry: ZooEntry):
     return found[0] if found else None
 
 
-def _measured_params(entry: ZooEntry) -> int:
-    """Parameters of the segbench network the entry becomes (built on the meta device)."""
+# the input of --measure's FLOP count when the publisher states none
+MEASURE_SIZE = (512, 512)
+
+
+def _measure_size(entry: ZooEntry) -> tuple[int, int]:
+    given = entry.published.get("gmacs_input")
+    return tuple(int(v) for v in str(given).split("x")) if given else MEASURE_SIZE
+
+
+def _measured(entry: ZooEntry) -> tuple[int, float]:
+    """``(parameters, GFLOPs)`` of the segbench network the entry becomes, built on the meta
+    device (no memory, no weights); the FLOPs of one eval-mode forward pass of a 1x3xHxW input
+    (the publisher's ``gmacs_input``, else 512x512) counted by ``torch.utils.flop_counter``
+    (a multiply-add counts 2)."""
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from segbench.checkpoints.network import build_model
     from segbench.config import compose_train_config
@@ -45,7 +58,15 @@ def _measured_params(entry: ZooEntry) -> int:
 
     cfg = compose_train_config([*entry.overrides, f"dataset={entry.dataset}"])
     with torch.device("meta"):
-        return count_parameters(build_model(cfg.model))
+        net = build_model(cfg.model).eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(torch.zeros(1, 3, *_measure_size(entry)))
+    return count_parameters(net), counter.get_total_flops() / 1e9
+
+
+def _measured_params(entry: ZooEntry) -> int:
+    """Parameters of the segbench network the entry becomes."""
+    return _measured(entry)[0]
 
 
 def _figure(entry: ZooEntry) -> str:
@@ -57,23 +78,22 @@ def _figure(entry: ZooEntry) -> str:
 
 
 def zoo_rows(source: str | None = None, measure: bool = False) -> list[dict]:
-    """One row per entry (of ``source``): name, params, GFLOPs, published figure, cached, MB."""
+    """One row per entry (of ``source``): name, params, GMACs, published figure, cached, MB."""
     rows = []
     for entry in entries().values():
         if source and entry.source != source:
             continue
         path = cached_file(entry)
         published = entry.published
+        params, gflops = _measured(entry) if measure else (published.get("params"), None)
         rows.append(
             {
                 "name": str(entry.spec),
-                "params_m": (
-                    _measured_params(entry) / 1e6
-                    if measure
-                    else (published["params"] / 1e6 if "params" in published else None)
-                ),
-                "gflops": published.get("gflops"),
-                "gflops_input": published.get("gflops_input"),
+                "params_m": params / 1e6 if params is not None else None,
+                "gflops": gflops,
+                "gflops_input": "x".join(map(str, _measure_size(entry))) if measure else None,
+                "gmacs": published.get("gmacs"),
+                "gmacs_input": published.get("gmacs_input"),
                 "published": _figure(entry),
                 "cached": path is not None,
                 "size_mb": (path.stat().st_size / 1e6) if path else published.get("size_mb"),
@@ -93,16 +113,25 @@ def _list(source: str | None, measure: bool) -> int:
         return 0
     width = max(len(r["name"]) for r in rows)
     params = "params (M, measured)" if measure else "params (M)"
-    print(f"{'name':<{width}}  {params:>20}  {'GFLOPs':>8}  {'published':<34}  cached  {'MB':>7}")
+    flops = f"  {'GFLOPs (measured)':>26}" if measure else ""
+    print(
+        f"{'name':<{width}}  {params:>20}  {'GMACs':>8}{flops}  {'published':<34}  cached"
+        f"  {'MB':>7}"
+    )
     for r in rows:
+        measured = (
+            f"  {_fmt(r['gflops'], '.1f') + ' at ' + r['gflops_input']:>26}" if measure else ""
+        )
         print(
             f"{r['name']:<{width}}  {_fmt(r['params_m'], '.2f'):>20}  "
-            f"{_fmt(r['gflops'], '.1f'):>8}  {r['published']:<34}  "
+            f"{_fmt(r['gmacs'], '.1f'):>8}{measured}  {r['published']:<34}  "
             f"{'yes' if r['cached'] else 'no':<6}  {_fmt(r['size_mb'], '.1f'):>7}"
         )
     print(
-        "params and GFLOPs: the publisher's figures (--measure: counted on the segbench "
-        "network); MB: the cached file's size, else the publisher's"
+        "params: the publisher's count (--measure: counted on the segbench network); GMACs: "
+        "the publisher's multiply-adds of one forward pass (torchvision's GFLOPS, at 520x520); "
+        "GFLOPs (measured): torch.utils.flop_counter on the segbench network in eval mode (a "
+        "multiply-add counts 2); MB: the cached file's size, else the publisher's"
     )
     return 0
 
@@ -188,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     listing = sub.add_parser("list", help="the entries, with published figures and cache state")
     listing.add_argument("--source", choices=list(SOURCES), default=None)
     listing.add_argument(
-        "--measure", action="store_true", help="count parameters on the segbench networks"
+        "--measure",
+        action="store_true",
+        help="count parameters and FLOPs on the segbench networks",
     )
     listing.add_argument(
         "--markdown", action="store_true", help="the manual's table: commands and figures"

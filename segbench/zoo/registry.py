@@ -12,7 +12,7 @@ An entry says where the file is and what it becomes::
       class_map: {__background__: background}    # publisher's name -> the dataset's
       preprocessing: {mean: [...], std: [...], resize_short: 520}   # the publisher's
       inference: {mode: whole}  # how the publisher predicts (conf/inference keys)
-      published: {params: 35322218, gflops: 152.7, gflops_input: 520x520, size_mb: 135.0}
+      published: {params: 35322218, gmacs: 152.7, gmacs_input: 520x520, size_mb: 135.0}
       reference: {...}          # the published figures, as conf/experiment's reference: block
 
 :func:`entries` reads and checks them (a bad key is refused naming the file and the key).
@@ -50,7 +50,7 @@ _KEYS = {
 }
 _PREPROCESSING = {"mean", "std", "resize_short"}
 _INFERENCE = {"mode", "crop", "stride", "scales", "flip", "rescale", "rescale_divisor"}
-_PUBLISHED = {"params", "gflops", "gflops_input", "size_mb"}
+_PUBLISHED = {"params", "gmacs", "gmacs_input", "size_mb"}
 
 
 class ZooEntryError(ValueError):
