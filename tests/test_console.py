@@ -29,6 +29,10 @@ EPOCH = (
 )
 NOISE = ("💡 Tip", "GPU available", "TPU available", "LeafSpec", "weights_only", "┏", "wandb:")
 
+# one worker runs this module (make test: --dist loadgroup), so that its training run (a
+# session-scoped fixture: the worker interleaves other modules' tests) is made once
+pytestmark = pytest.mark.xdist_group("console")
+
 
 def _lines(proc) -> list[str]:
     return (proc.stdout + proc.stderr).splitlines()
@@ -44,7 +48,7 @@ def _refused(proc, *expected: str) -> str:
     return proc.stderr
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def quiet_run(tmp_path_factory):
     """``train.py debug=fast`` as a user runs it: its run directory and its output."""
     run_dir = tmp_path_factory.mktemp("console") / "run"

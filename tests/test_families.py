@@ -11,8 +11,9 @@ from omegaconf import OmegaConf
 from segbench.checkpoints import store as checkpoint
 from tests.conftest import CONF, run_cli
 
-# one worker runs this module: its sweep fixture is module-scoped, and split over two pytest-xdist
-# workers it would run twice (make test: --dist loadgroup)
+# one worker runs this module (make test: --dist loadgroup): split over two pytest-xdist workers
+# its sweep would run twice. The fixture is session-scoped: that worker interleaves the module's
+# tests with other modules', which would tear a module-scoped one down and run it again
 pytestmark = pytest.mark.xdist_group("families")
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
@@ -23,7 +24,7 @@ FAMILIES = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sweep(tmp_path_factory):
     """``train.py -m model=<every option> debug=fast`` (one epoch); returns {model: results}."""
     workdir = tmp_path_factory.mktemp("families")

@@ -385,6 +385,7 @@ def test_deeplab_defaults_are_unchanged(tmp_path):
 
 
 # ---------------------------------------------------- evaluate.py ckpt=mmseg:<name>, end to end
+@pytest.mark.slow  # 20 s; the fast suite loads an entry's inference in test_smp_zoo.py
 def test_evaluate_an_mmseg_checkpoint_end_to_end(tmp_path, capsys):
     """``evaluate.py ckpt=mmseg:segformer_mit-b0_8xb2-160k_ade20k-512x512 dataset=ade20k``: the
     file (as mmseg saves one, random weights) read from the torch hub cache under its published
@@ -409,7 +410,7 @@ def test_evaluate_an_mmseg_checkpoint_end_to_end(tmp_path, capsys):
     file_name = find_entry(ZooSpec("mmseg", name)).file_name
     (home / "hub" / "checkpoints").mkdir(parents=True)
     path = fx.make_mmseg_checkpoint(name, home / "hub" / "checkpoints" / file_name, seed=3)
-    ade = write_ade20k(tmp_path / "ADEChallengeData2016", n_train=1, n_val=2, size=(32, 40)).root
+    ade = write_ade20k(tmp_path / "ADEChallengeData2016", n_train=1, n_val=1, size=(32, 40)).root
     run_dir = tmp_path / "eval"
     run_cli(
         "evaluate.py",

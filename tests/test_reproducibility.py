@@ -22,6 +22,10 @@ from tests.conftest import ROOT, compose_config, run_cli
 
 FAST = ["debug=fast", "trainer.enable_progress_bar=false"]
 
+# one worker runs this module (make test: --dist loadgroup), so that its training run (a
+# session-scoped fixture: the worker interleaves other modules' tests) is made once
+pytestmark = pytest.mark.xdist_group("reproducibility")
+
 
 def figures(run_dir: Path) -> dict:
     """What must not change between two runs of one command: every figure of results.json
@@ -111,7 +115,7 @@ RESUME = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("resume") / "uninterrupted"
     run_cli("train.py", *RESUME, f"hydra.run.dir={run_dir}", cwd=ROOT)

@@ -44,29 +44,39 @@ def _measure_size(entry: ZooEntry) -> tuple[int, int]:
     return tuple(int(v) for v in str(given).split("x")) if given else MEASURE_SIZE
 
 
-def _measured(entry: ZooEntry) -> tuple[int, float]:
-    """``(parameters, GFLOPs)`` of the segbench network the entry becomes, built on the meta
-    device (no memory, no weights); the FLOPs of one eval-mode forward pass of a 1x3xHxW input
-    (the publisher's ``gmacs_input``, else 512x512) counted by ``torch.utils.flop_counter``
-    (a multiply-add counts 2)."""
+def _network(entry: ZooEntry):
+    """The segbench network the entry becomes, in eval mode on the meta device (no memory, no
+    weights)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from segbench.checkpoints.network import build_model
     from segbench.config import compose_train_config
-    from segbench.models.base import count_parameters
 
     cfg = compose_train_config([*entry.overrides, f"dataset={entry.dataset}"])
     with torch.device("meta"):
-        net = build_model(cfg.model).eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            net(torch.zeros(1, 3, *_measure_size(entry)))
+        return build_model(cfg.model).eval()
+
+
+def _measured(entry: ZooEntry) -> tuple[int, float]:
+    """``(parameters, GFLOPs)`` of the entry's segbench network: the FLOPs of one eval-mode
+    forward pass of a 1x3xHxW input (the publisher's ``gmacs_input``, else 512x512) counted by
+    ``torch.utils.flop_counter`` (a multiply-add counts 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from segbench.models.base import count_parameters
+
+    net = _network(entry)
+    with torch.device("meta"), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, 3, *_measure_size(entry)))
     return count_parameters(net), counter.get_total_flops() / 1e9
 
 
 def _measured_params(entry: ZooEntry) -> int:
     """Parameters of the segbench network the entry becomes."""
-    return _measured(entry)[0]
+    from segbench.models.base import count_parameters
+
+    return count_parameters(_network(entry))
 
 
 def _figure(entry: ZooEntry) -> str:

@@ -196,9 +196,14 @@ def zoo_evaluation_config(cfg: DictConfig, spec: ZooSpec) -> tuple[DictConfig, d
     from segbench.checkpoints.store import merge_eval_config
     from segbench.config import compose_train_config
 
+    entry = find_entry(spec)
+    if entry is None and spec.source in ("smp", "hf"):  # what the command must name, first
+        _dataset_name(spec, entry, cfg)
+        if spec.source == "hf":
+            _network_overrides(spec, entry, {}, cfg)
     entry, state, extra = read_published(spec)
-    overrides = _network_overrides(spec, entry, extra, cfg)
     dataset = _dataset_name(spec, entry, cfg)
+    overrides = _network_overrides(spec, entry, extra, cfg)
     data_root = OmegaConf.select(cfg, "data_root", default=None)
     composed = compose_train_config(
         [*overrides, f"dataset={dataset}", *([f"data_root={data_root}"] if data_root else [])]
