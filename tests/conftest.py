@@ -66,6 +66,33 @@ def _no_network_loggers(monkeypatch, tmp_path):
     monkeypatch.setenv("SEGBENCH_CACHE", str(tmp_path / "segbench-cache"))  # never ~/.cache
 
 
+# the test modules that mark themselves ``pytestmark = pytest.mark.xdist_group(...)``: each
+# runs on one worker, so that its expensive session-scoped fixture (a training run) is made once
+GROUPED_MODULES = frozenset(
+    f"tests/{p.name}"
+    for p in Path(__file__).parent.glob("test_*.py")
+    if "pytestmark = pytest.mark.xdist_group(" in p.read_text(encoding="utf-8")
+)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup`` that works with pytest 9.2: pytest-xdist 3.8 groups tests by a
+    suffix it writes into ``item._nodeid``, which pytest 9.2's node ids no longer read (every
+    test was scheduled alone, and a grouped module's fixture made once per worker). Here the
+    controller schedules each module of :data:`GROUPED_MODULES` as one unit and every other test
+    alone, as ``load`` does."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0].split("@", 1)[0]
+            return module if module in GROUPED_MODULES else nodeid
+
+    return ModuleGroups(config, log)
+
+
 def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
     """Compose ``conf/<name>.yaml`` as Hydra would, with the run directory set to ``output_dir``."""
     return compose(name, overrides, output_dir)
