@@ -186,6 +186,7 @@ def test_sigterm_saves_prints_the_resume_command_which_works_pasted(tmp_path, un
     _assert_same_run(run_dir, uninterrupted)
 
 
+@pytest.mark.slow  # a training, a refused resume and the pasted fix run, 29 s: make test-all
 def test_resume_with_another_configuration_is_refused_naming_the_keys(tmp_path):
     run_dir = tmp_path / "run"
     cfg = compose_config("train", [*FAST, "trainer.max_epochs=1"], run_dir)

@@ -465,6 +465,7 @@ def test_optuna_search_optimises_best_val_miou_of_real_runs(tmp_path):
     assert len(read_csv_board(sweep)) == 2
 
 
+@pytest.mark.slow  # four train.py sweeps, 40 s: make test-all
 def test_a_second_sweep_into_the_same_directory_is_refused(tmp_path):
     """Two sweeps in one hydra.sweep.dir would overwrite the first's multirun.yaml and
     leaderboard and mix their runs: the second is refused before any job, untouched files kept;
