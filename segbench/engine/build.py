@@ -5,7 +5,6 @@ Every check that can fail on a config runs here, before any training starts.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -26,6 +25,7 @@ from segbench.engine.resume import LAST, RunState, resolve_resume
 from segbench.engine.task import SegmentationTask
 from segbench.inference import Inference
 from segbench.metrics import Evaluator
+from segbench.zoo.files import sha256
 
 VAL_INFERENCE_KEYS = ("mode", "crop", "stride", "scales", "flip")
 
@@ -178,14 +178,6 @@ def _resuming(cfg: DictConfig) -> bool:
     return resolve_resume(resume, cfg.output_dir) is not None
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _class_dependent(old: tuple, new: tuple, old_k: int | None, new_k: int) -> bool:
     """Whether a tensor of shape ``old`` (a network for ``old_k`` classes) becomes ``new`` for
     ``new_k`` classes: every dimension that differs is ``a * K + b`` in both (the classifier's
@@ -258,7 +250,7 @@ def init_from_checkpoint(model: torch.nn.Module, path: str, num_classes: int) ->
     model.load_state_dict({k: v for k, v in weights.items() if k not in head}, strict=False)
     record = {
         "path": path if repo is not None else str(Path(path).resolve()),
-        "sha256": _sha256(file),
+        "sha256": sha256(Path(file)),
         "num_classes": old_k,
         "reinitialised": head,
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["conv_bn_relu", "fcn_aux_head", "separable_conv_bn_relu"]
+__all__ = ["conv_bn_relu", "depthwise_conv", "fcn_aux_head", "separable_conv_bn_relu"]
 
 
 def conv_bn_relu(
@@ -53,18 +53,24 @@ def separable_conv_bn_relu(
     )
 
 
+def depthwise_conv(channels: int, kernel_size: int, dilation: int = 1) -> nn.Conv2d:
+    """A depthwise ``kernel_size`` conv (one filter per channel, ``dilation``), "same" padding,
+    no bias."""
+    return nn.Conv2d(
+        channels,
+        channels,
+        kernel_size,
+        padding=dilation * (kernel_size // 2),
+        dilation=dilation,
+        groups=channels,
+        bias=False,
+    )
+
+
 def conv_bn_relu_depthwise(channels: int, kernel_size: int, dilation: int) -> list[nn.Module]:
     """``depthwise Conv2d → BatchNorm2d → ReLU`` ("same" padding), as a list of layers."""
     return [
-        nn.Conv2d(
-            channels,
-            channels,
-            kernel_size,
-            padding=dilation * (kernel_size // 2),
-            dilation=dilation,
-            groups=channels,
-            bias=False,
-        ),
+        depthwise_conv(channels, kernel_size, dilation),
         nn.BatchNorm2d(channels),
         nn.ReLU(inplace=True),
     ]

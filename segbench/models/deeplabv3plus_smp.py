@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segbench.models.base import SegmentationModel
-from segbench.models.blocks import conv_bn_relu
+from segbench.models.blocks import conv_bn_relu, depthwise_conv
 from segbench.models.deeplab import ASPP
 from segbench.models.encoders import encoder_name, require_dilated
 from segbench.models.segformer import classifier
@@ -42,15 +42,7 @@ def smp_separable_conv(
 ) -> nn.Sequential:
     """``(depthwise k×k conv (dilated) → pointwise 1×1 conv) → BN → ReLU``, no bias, "same"
     padding: smp's ``SeparableConv2d`` followed by BatchNorm and ReLU."""
-    depthwise = nn.Conv2d(
-        in_channels,
-        in_channels,
-        kernel_size,
-        padding=dilation * (kernel_size // 2),
-        dilation=dilation,
-        groups=in_channels,
-        bias=False,
-    )
+    depthwise = depthwise_conv(in_channels, kernel_size, dilation)
     pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
     return nn.Sequential(
         nn.Sequential(depthwise, pointwise), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)
